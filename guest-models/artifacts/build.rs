@@ -1,0 +1,220 @@
+//! Builds the guest workspace in `guest-models/` for `wasm32-wasip2` and
+//! writes the paths of the components to `$OUT_DIR/artifacts.rs`.
+//!
+//! The guests are built by a child `cargo build --release` into one fixed
+//! directory, `<target>/wasm-guests`, so that every build of the host (debug
+//! or release, `build`, `test`, `clippy`) shares a single guest build rather
+//! than keeping one per profile.
+
+use std::env;
+use std::fmt::Write as _;
+use std::fs;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+/// The guests' target: `cargo build` links a `cdylib` into a component.
+const TARGET: &str = "wasm32-wasip2";
+
+/// A guest crate of `guest-models/` and the constant that names its path.
+struct Guest {
+    /// The Rust constant generated for it.
+    constant: &'static str,
+    /// Its cargo package name.
+    package: &'static str,
+    /// The doc comment of the constant.
+    doc: &'static str,
+}
+
+const GUESTS: &[Guest] = &[
+    Guest {
+        constant: "DIGITS",
+        package: "digits",
+        doc: "The `digits` model (world `model`): an MLP written in Rust that \
+              classifies 8×8 handwritten digits.",
+    },
+    Guest {
+        constant: "DIGITS_ONNX",
+        package: "digits-onnx",
+        doc: "The `digits-onnx` model (world `model-preinit`): the same MLP as \
+              ONNX, run by tract inside the component.",
+    },
+    Guest {
+        constant: "MISBEHAVE",
+        package: "misbehave",
+        doc: "The `misbehave` test fixture (world `model`): echoes, traps, \
+              loops, exhausts memory or fails, as its `mode` parameter says.",
+    },
+];
+
+fn main() {
+    let manifest_dir = PathBuf::from(
+        env::var_os("CARGO_MANIFEST_DIR").expect("CARGO_MANIFEST_DIR is set by cargo"),
+    );
+    let guests_dir = manifest_dir
+        .parent()
+        .expect("artifacts/ lives in guest-models/");
+    let repo_dir = guests_dir
+        .parent()
+        .expect("guest-models/ lives in the repository");
+    let out_dir = PathBuf::from(env::var_os("OUT_DIR").expect("OUT_DIR is set by cargo"));
+
+    rerun_if_changed(guests_dir, repo_dir);
+    ensure_target_installed();
+
+    let target_dir = shared_target_dir(&out_dir).join("wasm-guests");
+    build_guests(guests_dir, &target_dir);
+
+    let release_dir = target_dir.join(TARGET).join("release");
+    let code = constants(&release_dir);
+    let path = out_dir.join("artifacts.rs");
+    if let Err(error) = fs::write(&path, code) {
+        panic!("failed to write {}: {error}", path.display());
+    }
+}
+
+/// Tells cargo to run this script again when any input of the guest build
+/// changes. Cargo scans listed directories recursively.
+fn rerun_if_changed(guests_dir: &Path, repo_dir: &Path) {
+    let mut paths = vec![
+        guests_dir.join("Cargo.toml"),
+        guests_dir.join("Cargo.lock"),
+        guests_dir.join(".cargo").join("config.toml"),
+        guests_dir.join("data"),
+        repo_dir.join("wit"),
+    ];
+    for guest in GUESTS {
+        let crate_dir = guests_dir.join(guest.package);
+        paths.push(crate_dir.join("Cargo.toml"));
+        paths.push(crate_dir.join("src"));
+    }
+    for path in paths {
+        println!("cargo::rerun-if-changed={}", path.display());
+    }
+}
+
+/// Fails early, with the fix, when the standard library for [`TARGET`] is
+/// missing, rather than leaving the reader to decode `can't find crate for
+/// std` in the child's output.
+fn ensure_target_installed() {
+    let rustc = env::var_os("RUSTC").unwrap_or_else(|| "rustc".into());
+    let Ok(output) = Command::new(rustc)
+        .args(["--print", "target-libdir", "--target", TARGET])
+        .output()
+    else {
+        // Let the guest build report whatever is wrong with rustc.
+        return;
+    };
+    let libdir = String::from_utf8_lossy(&output.stdout);
+    if !output.status.success() || !Path::new(libdir.trim()).is_dir() {
+        panic!(
+            "the Rust standard library for {TARGET} is not installed, and the guest \
+             components in guest-models/ need it: run `rustup target add {TARGET}`"
+        );
+    }
+}
+
+/// Returns cargo's target directory, given that `OUT_DIR` is
+/// `<target>/[<triple>/]<profile>/build/<package>-<hash>/out`.
+fn shared_target_dir(out_dir: &Path) -> &Path {
+    let mut ancestors = out_dir.ancestors();
+    let build_dir = ancestors.nth(2);
+    match (build_dir.and_then(Path::file_name), ancestors.nth(1)) {
+        (Some(name), Some(target_dir)) if name == "build" => target_dir,
+        _ => panic!(
+            "OUT_DIR {} is not laid out as <target>/<profile>/build/<package>/out",
+            out_dir.display()
+        ),
+    }
+}
+
+/// Runs `cargo build --release --target wasm32-wasip2` on the guest workspace.
+fn build_guests(guests_dir: &Path, target_dir: &Path) {
+    let cargo = env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let mut command = Command::new(cargo);
+    command
+        // Cargo reads `.cargo/config.toml` from the working directory up, not
+        // from the manifest's: guest-models/.cargo/config.toml applies only
+        // when cargo runs in guest-models/.
+        .current_dir(guests_dir)
+        .args(["build", "--release", "--target", TARGET, "--manifest-path"])
+        .arg(guests_dir.join("Cargo.toml"));
+
+    // Cargo hands this script the settings of the host build. Those that
+    // would change how the guests are compiled are removed: the host's flags
+    // (`-C target-cpu=native`, say) are wrong for wasm, and anything that
+    // differs between `cargo build`, `cargo build --release` and `cargo
+    // clippy` (which sets RUSTC_WORKSPACE_WRAPPER to clippy-driver) would
+    // make them rebuild the guests in turn.
+    //
+    // Kept on purpose: CARGO_MAKEFLAGS (and MAKEFLAGS), which hand the child
+    // the host build's jobserver, so that the two together run no more jobs
+    // than `-j` allows; and RUSTC, so that the guests use the host's
+    // toolchain.
+    for (key, _) in env::vars_os() {
+        if key.to_str().is_some_and(leaks_into_guest_build) {
+            command.env_remove(key);
+        }
+    }
+    command.env("CARGO_TARGET_DIR", target_dir);
+
+    // Cargo reads this script's stdout for `cargo::` directives: send the
+    // child's to stderr, which cargo shows when the build fails.
+    command.stdout(Stdio::from(io::stderr()));
+
+    let status = match command.status() {
+        Ok(status) => status,
+        Err(error) => panic!("failed to run cargo to build the guest components: {error}"),
+    };
+    if !status.success() {
+        panic!(
+            "building the guest components in {} failed ({status}); cargo's output is above",
+            guests_dir.display()
+        );
+    }
+}
+
+/// Whether an environment variable of the host build must not reach the
+/// guest build (see [`build_guests`]).
+fn leaks_into_guest_build(key: &str) -> bool {
+    matches!(
+        key,
+        "CARGO_ENCODED_RUSTFLAGS"
+            | "RUSTFLAGS"
+            | "CARGO_BUILD_RUSTFLAGS"
+            | "RUSTC_WRAPPER"
+            | "RUSTC_WORKSPACE_WRAPPER"
+            | "CARGO_BUILD_RUSTC_WRAPPER"
+            | "CARGO_BUILD_RUSTC_WORKSPACE_WRAPPER"
+            | "CARGO_BUILD_TARGET"
+            | "CARGO_BUILD_TARGET_DIR"
+            | "CARGO_BUILD_BUILD_DIR"
+    ) || key.starts_with("CARGO_TARGET_") // runners, linkers, rustflags, the target dir
+        || key.starts_with("CARGO_PROFILE_") // profile overrides
+}
+
+/// Generates the path constants, checking that every component was built.
+fn constants(release_dir: &Path) -> String {
+    let mut code = String::new();
+    let mut all = String::new();
+    for guest in GUESTS {
+        let file = release_dir.join(format!("{}.wasm", guest.package.replace('-', "_")));
+        if !file.is_file() {
+            panic!("cargo built the guests, but {} is missing", file.display());
+        }
+        let Some(file) = file.to_str() else {
+            panic!("the path {} is not UTF-8", file.display());
+        };
+        // `{:?}` of a `str` is a valid Rust string literal.
+        writeln!(code, "/// {}", guest.doc).unwrap();
+        writeln!(code, "pub const {}: &str = {file:?};", guest.constant).unwrap();
+        writeln!(all, "    ({:?}, {}),", guest.package, guest.constant).unwrap();
+    }
+    writeln!(
+        code,
+        "/// Every guest component, as (package name, path) pairs."
+    )
+    .unwrap();
+    write!(code, "pub const ALL: &[(&str, &str)] = &[\n{all}];\n").unwrap();
+    code
+}

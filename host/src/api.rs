@@ -1,0 +1,422 @@
+//! The one HTTP router, shared by `airlock serve` and the Lambda adapter.
+//!
+//! Open Inference Protocol v2 REST:
+//!
+//! | method | path | |
+//! |---|---|---|
+//! | GET  | `/v2` | server metadata |
+//! | GET  | `/v2/health/live`, `/v2/health/ready` | health |
+//! | GET  | `/v2/models/{name}[/versions/{version}]` | model metadata |
+//! | GET  | `/v2/models/{name}[/versions/{version}]/ready` | model readiness |
+//! | POST | `/v2/models/{name}[/versions/{version}]/infer` | inference |
+//!
+//! Every error is `{"error": "..."}` with a status from [`ApiError`].
+
+use std::sync::Arc;
+
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use bytes::Bytes;
+use serde_json::json;
+
+use crate::bindings::{GuestError, InferResponse, TensorSpec};
+use crate::engine::GuestFailure;
+use crate::model::LoadedModel;
+use crate::oip::{self, BadRequest, InferResponseBody, RequestLimits};
+use crate::registry::Registry;
+
+/// Header that names the kind of a sandbox failure (`trap`, `deadline`,
+/// `memory`, `capacity`, `model-error`), so clients need not parse messages.
+pub const ERROR_KIND_HEADER: &str = "x-airlock-error";
+
+/// What the router serves from.
+#[derive(Debug, Clone)]
+pub struct AppState {
+    /// The models.
+    pub registry: Arc<Registry>,
+    /// Bounds on inference requests.
+    pub request_limits: RequestLimits,
+    /// Largest request body, in bytes.
+    pub max_body_bytes: usize,
+}
+
+/// An error answer. 4xx messages help the caller; 5xx details go to the
+/// log only, except for sandbox failures, whose kind the caller may know.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ApiError {
+    /// 400: the request is malformed or does not fit the model.
+    #[error("{0}")]
+    BadRequest(String),
+    /// 404: no such model, version or route.
+    #[error("{0}")]
+    NotFound(String),
+    /// 405: the route exists, the method does not.
+    #[error("method not allowed")]
+    MethodNotAllowed,
+    /// 413: the body is over the limit.
+    #[error("{0}")]
+    PayloadTooLarge(String),
+    /// 400: the model refused the input (its `invalid-input`/`unsupported`).
+    #[error("model {model:?} rejected the request: {message}")]
+    ModelRejected {
+        /// The model.
+        model: String,
+        /// The model's message.
+        message: String,
+    },
+    /// 500: the model returned an internal error (the detail is logged).
+    #[error("model {model:?} failed")]
+    ModelFailed {
+        /// The model.
+        model: String,
+        /// Logged, never sent.
+        detail: String,
+    },
+    /// 500/503/504/507: the sandbox stopped the model.
+    #[error("model {model:?}: {failure}")]
+    Sandbox {
+        /// The model.
+        model: String,
+        /// What happened.
+        failure: GuestFailure,
+    },
+    /// 500: a bug or an I/O error on our side (the detail is logged).
+    #[error("internal error")]
+    Internal(#[source] anyhow::Error),
+}
+
+impl From<BadRequest> for ApiError {
+    fn from(e: BadRequest) -> Self {
+        ApiError::BadRequest(e.0)
+    }
+}
+
+impl From<BytesRejection> for ApiError {
+    fn from(rejection: BytesRejection) -> Self {
+        match rejection.status() {
+            StatusCode::PAYLOAD_TOO_LARGE => {
+                ApiError::PayloadTooLarge("the request body is over the size limit".into())
+            }
+            _ => ApiError::BadRequest(format!("could not read the request body: {rejection}")),
+        }
+    }
+}
+
+impl ApiError {
+    /// The HTTP status of this error.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ApiError::BadRequest(_) | ApiError::ModelRejected { .. } => StatusCode::BAD_REQUEST,
+            ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::ModelFailed { .. } | ApiError::Internal(_) => {
+                StatusCode::INTERNAL_SERVER_ERROR
+            }
+            ApiError::Sandbox { failure, .. } => match failure {
+                GuestFailure::Deadline(_) => StatusCode::GATEWAY_TIMEOUT,
+                GuestFailure::MemoryCap(_) => StatusCode::INSUFFICIENT_STORAGE,
+                GuestFailure::Capacity(_) => StatusCode::SERVICE_UNAVAILABLE,
+                _ => StatusCode::INTERNAL_SERVER_ERROR,
+            },
+        }
+    }
+
+    fn kind(&self) -> Option<&'static str> {
+        match self {
+            ApiError::ModelFailed { .. } => Some("model-error"),
+            ApiError::Sandbox { failure, .. } => Some(match failure {
+                GuestFailure::Deadline(_) => "deadline",
+                GuestFailure::MemoryCap(_) => "memory",
+                GuestFailure::Capacity(_) => "capacity",
+                GuestFailure::Trap(_) => "trap",
+                _ => "internal",
+            }),
+            _ => None,
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = self.status();
+        let message = match &self {
+            ApiError::ModelFailed { model, detail } => {
+                tracing::warn!(model = %model, detail = %detail, "model returned an internal error");
+                self.to_string()
+            }
+            ApiError::Sandbox {
+                model,
+                failure: GuestFailure::Other(error),
+            } => {
+                tracing::error!(model = %model, error = format!("{error:#}"), "sandbox failure");
+                format!("model {model:?} failed")
+            }
+            ApiError::Sandbox { model, failure } => {
+                tracing::warn!(model = %model, failure = %failure, "model stopped by the sandbox");
+                self.to_string()
+            }
+            ApiError::Internal(error) => {
+                tracing::error!(error = format!("{error:#}"), "internal error");
+                self.to_string()
+            }
+            // Client errors may quote the caller's data: never logged.
+            _ => self.to_string(),
+        };
+        let mut response = (status, Json(json!({ "error": message }))).into_response();
+        if let Some(kind) = self.kind() {
+            response
+                .headers_mut()
+                .insert(ERROR_KIND_HEADER, HeaderValue::from_static(kind));
+        }
+        if status == StatusCode::SERVICE_UNAVAILABLE {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        response
+    }
+}
+
+/// Builds the router over `state`.
+pub fn router(state: AppState) -> Router {
+    let body_limit = state.max_body_bytes;
+    Router::new()
+        .route("/v2", get(server_metadata))
+        .route("/v2/health/live", get(live))
+        .route("/v2/health/ready", get(ready))
+        .route("/v2/models/{name}", get(model_metadata))
+        .route(
+            "/v2/models/{name}/versions/{version}",
+            get(model_version_metadata),
+        )
+        .route("/v2/models/{name}/ready", get(model_ready))
+        .route(
+            "/v2/models/{name}/versions/{version}/ready",
+            get(model_version_ready),
+        )
+        .route("/v2/models/{name}/infer", post(infer))
+        .route(
+            "/v2/models/{name}/versions/{version}/infer",
+            post(infer_version),
+        )
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(DefaultBodyLimit::max(body_limit))
+        .with_state(state)
+}
+
+async fn not_found() -> ApiError {
+    ApiError::NotFound("no such route".into())
+}
+
+async fn method_not_allowed() -> ApiError {
+    ApiError::MethodNotAllowed
+}
+
+async fn server_metadata() -> Json<serde_json::Value> {
+    Json(json!({
+        "name": "airlock",
+        "version": env!("CARGO_PKG_VERSION"),
+        "extensions": [],
+    }))
+}
+
+async fn live() -> Json<serde_json::Value> {
+    Json(json!({ "live": true }))
+}
+
+async fn ready(State(state): State<AppState>) -> Response {
+    // Models are loaded before the listener opens, so a serving process is
+    // ready once it has a model.
+    let ready = !state.registry.entries().is_empty();
+    let status = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (status, Json(json!({ "ready": ready }))).into_response()
+}
+
+fn lookup(
+    state: &AppState,
+    name: &str,
+    version: Option<&str>,
+) -> Result<Arc<LoadedModel>, ApiError> {
+    let found = match version {
+        None => state.registry.active(name),
+        Some(v) => state.registry.version(name, v),
+    };
+    found.ok_or_else(|| match version {
+        None => ApiError::NotFound(format!("unknown model {name:?}")),
+        Some(v) => ApiError::NotFound(format!("unknown model {name:?} version {v:?}")),
+    })
+}
+
+fn specs_json(specs: &[TensorSpec]) -> serde_json::Value {
+    specs
+        .iter()
+        .map(|s| json!({ "name": s.name, "datatype": s.datatype.as_str(), "shape": s.shape }))
+        .collect()
+}
+
+fn metadata_json(state: &AppState, model: &LoadedModel) -> serde_json::Value {
+    let versions: Vec<String> = state
+        .registry
+        .entry(model.name())
+        .map(|e| e.versions.keys().cloned().collect())
+        .unwrap_or_default();
+    let meta = model.metadata();
+    let limits = model.limits();
+    json!({
+        "name": model.name(),
+        "versions": versions,
+        "platform": meta.platform,
+        "inputs": specs_json(&meta.inputs),
+        "outputs": specs_json(&meta.outputs),
+        "airlock": {
+            "version": model.version(),
+            "sha256": model.digest(),
+            "limits": {
+                "memory_bytes": limits.memory_bytes,
+                "deadline_ms": limits.deadline.as_millis(),
+            },
+        },
+    })
+}
+
+async fn model_metadata(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let model = lookup(&state, &name, None)?;
+    Ok(Json(metadata_json(&state, &model)))
+}
+
+async fn model_version_metadata(
+    State(state): State<AppState>,
+    Path((name, version)): Path<(String, String)>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let model = lookup(&state, &name, Some(&version))?;
+    Ok(Json(metadata_json(&state, &model)))
+}
+
+async fn model_ready(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    lookup(&state, &name, None)?;
+    Ok(Json(json!({ "name": name, "ready": true })))
+}
+
+async fn model_version_ready(
+    State(state): State<AppState>,
+    Path((name, version)): Path<(String, String)>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    lookup(&state, &name, Some(&version))?;
+    Ok(Json(
+        json!({ "name": name, "version": version, "ready": true }),
+    ))
+}
+
+async fn infer(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let model = lookup(&state, &name, None)?;
+    run_infer(&state, model, body?).await
+}
+
+async fn infer_version(
+    State(state): State<AppState>,
+    Path((name, version)): Path<(String, String)>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let model = lookup(&state, &name, Some(&version))?;
+    run_infer(&state, model, body?).await
+}
+
+async fn run_infer(
+    state: &AppState,
+    model: Arc<LoadedModel>,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let request = oip::parse_infer_request(&body, model.metadata(), &state.request_limits)?;
+    drop(body);
+    let (request, outcome) = {
+        let model = Arc::clone(&model);
+        run_blocking(move || {
+            let outcome = model.infer(&request);
+            (request, outcome)
+        })
+        .await?
+    };
+    let response: InferResponse = match outcome {
+        Ok(Ok(response)) => response,
+        Ok(Err(GuestError::InvalidInput(message) | GuestError::Unsupported(message))) => {
+            return Err(ApiError::ModelRejected {
+                model: model.name().to_owned(),
+                message,
+            });
+        }
+        Ok(Err(GuestError::Internal(detail) | GuestError::Other(detail))) => {
+            return Err(ApiError::ModelFailed {
+                model: model.name().to_owned(),
+                detail,
+            });
+        }
+        Err(failure) => {
+            return Err(ApiError::Sandbox {
+                model: model.name().to_owned(),
+                failure,
+            });
+        }
+    };
+    let outputs =
+        oip::check_response(response, model.metadata(), &request.outputs).map_err(|detail| {
+            ApiError::ModelFailed {
+                model: model.name().to_owned(),
+                detail,
+            }
+        })?;
+    let parameters = [("sha256", model.digest())];
+    let body = InferResponseBody {
+        model_name: model.name(),
+        model_version: model.version(),
+        id: request.id.as_deref(),
+        parameters: &parameters,
+        outputs: &outputs,
+    };
+    let json = serde_json::to_vec(&body).map_err(|e| ApiError::Internal(e.into()))?;
+    Ok((
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        )],
+        json,
+    )
+        .into_response())
+}
+
+/// Runs CPU-bound sandbox work without stalling the async executor: in place
+/// on a multi-threaded runtime (tokio moves the worker's other tasks away),
+/// on the blocking pool otherwise.
+async fn run_blocking<F, T>(f: F) -> Result<T, ApiError>
+where
+    F: FnOnce() -> T + Send + 'static,
+    T: Send + 'static,
+{
+    use tokio::runtime::{Handle, RuntimeFlavor};
+    match Handle::current().runtime_flavor() {
+        RuntimeFlavor::MultiThread => Ok(tokio::task::block_in_place(f)),
+        _ => tokio::task::spawn_blocking(f)
+            .await
+            .map_err(|e| ApiError::Internal(e.into())),
+    }
+}

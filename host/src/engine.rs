@@ -1,0 +1,439 @@
+//! The wasmtime engine, the compiled-artifact cache and the per-request sandbox.
+//!
+//! One [`Runtime`] per process: one `Engine` (Cranelift, pooling allocator,
+//! copy-on-write memory images, epoch interruption), one `Linker` with WASI
+//! linked and nothing granted, and an epoch ticker thread that turns
+//! deadlines into traps.
+
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use sha2::{Digest as _, Sha256};
+use wasmtime::component::{Component, Linker, ResourceTable};
+use wasmtime::{
+    Config, Engine, InstanceAllocationStrategy, OptLevel, PoolingAllocationConfig, Store, Trap,
+};
+use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+
+/// How often the epoch ticker advances the engine's epoch. Deadlines are
+/// counted in these ticks, so this is their resolution.
+pub const EPOCH_TICK: Duration = Duration::from_millis(1);
+
+/// Engine-wide settings. They bound every store the engine will ever create;
+/// per-model [`Limits`] can only be tighter.
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    /// Largest linear memory any instance may have, in bytes (the pool's slot size).
+    pub max_memory_bytes: usize,
+    /// How many instances may be alive at once (pool slots).
+    pub max_instances: u32,
+    /// Wasm stack limit per call, in bytes.
+    pub max_wasm_stack: usize,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        Self {
+            max_memory_bytes: 1 << 30,
+            max_instances: 256,
+            max_wasm_stack: 512 << 10,
+        }
+    }
+}
+
+/// Per-request limits armed on every store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Linear memory cap, in bytes, summed over the instance's memories.
+    pub memory_bytes: usize,
+    /// Wall-clock deadline for one call into the guest.
+    pub deadline: Duration,
+    /// Table elements cap.
+    pub table_elements: usize,
+    /// Cap on host resources (streams, handles) the guest may hold at once.
+    pub host_resources: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            memory_bytes: 256 << 20,
+            deadline: Duration::from_secs(2),
+            table_elements: 20_000,
+            host_resources: 64,
+        }
+    }
+}
+
+/// Why a call into a guest did not return a value.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum GuestFailure {
+    /// The call ran past its deadline and was interrupted.
+    #[error("the model exceeded its deadline of {0:?}")]
+    Deadline(Duration),
+    /// The guest tried to grow its memory past the cap.
+    #[error("the model exceeded its memory cap of {0} bytes")]
+    MemoryCap(usize),
+    /// The guest trapped (a panic, an unreachable, an out-of-bounds access…).
+    #[error("the model trapped: {0}")]
+    Trap(String),
+    /// No sandbox slot was free.
+    #[error("no sandbox capacity left: {0}")]
+    Capacity(String),
+    /// Anything else (a host bug, an I/O error).
+    #[error("sandbox error: {0:#}")]
+    Other(anyhow::Error),
+}
+
+/// Marker error returned by the limiter when the memory cap is hit, so that
+/// the failure can be told apart from other traps.
+#[derive(Debug, thiserror::Error)]
+#[error("memory cap of {cap} bytes exceeded (asked for {desired})")]
+struct MemoryCapExceeded {
+    cap: usize,
+    desired: usize,
+}
+
+/// Marker error for the table cap.
+#[derive(Debug, thiserror::Error)]
+#[error("table cap of {cap} elements exceeded (asked for {desired})")]
+struct TableCapExceeded {
+    cap: usize,
+    desired: usize,
+}
+
+/// What each store holds: an empty WASI context and the limiter.
+pub struct SandboxState {
+    wasi: WasiCtx,
+    table: ResourceTable,
+    limits: Limits,
+}
+
+impl WasiView for SandboxState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}
+
+impl wasmtime::ResourceLimiter for SandboxState {
+    fn memory_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        if desired > self.limits.memory_bytes {
+            return Err(wasmtime::Error::new(MemoryCapExceeded {
+                cap: self.limits.memory_bytes,
+                desired,
+            }));
+        }
+        Ok(true)
+    }
+
+    fn table_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        if desired > self.limits.table_elements {
+            return Err(wasmtime::Error::new(TableCapExceeded {
+                cap: self.limits.table_elements,
+                desired,
+            }));
+        }
+        Ok(true)
+    }
+
+    fn instances(&self) -> usize {
+        // A component instantiates a handful of core instances (the module,
+        // shims, fix-ups); no guest needs more than this.
+        32
+    }
+
+    fn tables(&self) -> usize {
+        32
+    }
+
+    fn memories(&self) -> usize {
+        // One linear memory per core module that has one.
+        8
+    }
+}
+
+/// A WASI wall clock frozen at the Unix epoch, and a monotonic clock that
+/// never advances: a model gets no timing signal from the host.
+struct FrozenClock;
+
+impl wasmtime_wasi::HostWallClock for FrozenClock {
+    fn resolution(&self) -> Duration {
+        Duration::from_secs(1)
+    }
+    fn now(&self) -> Duration {
+        Duration::ZERO
+    }
+}
+
+impl wasmtime_wasi::HostMonotonicClock for FrozenClock {
+    fn resolution(&self) -> u64 {
+        1_000_000_000
+    }
+    fn now(&self) -> u64 {
+        0
+    }
+}
+
+/// The process-wide wasmtime runtime.
+#[derive(Clone)]
+pub struct Runtime {
+    engine: Engine,
+    linker: Arc<Linker<SandboxState>>,
+    compat_hash: Arc<str>,
+}
+
+impl Runtime {
+    /// Builds the engine and the linker and starts the epoch ticker.
+    pub fn new(config: &EngineConfig) -> anyhow::Result<Self> {
+        let mut pool = PoolingAllocationConfig::default();
+        pool.total_component_instances(config.max_instances)
+            .total_core_instances(config.max_instances * 8)
+            .total_memories(config.max_instances * 2)
+            .total_tables(config.max_instances * 4)
+            .total_stacks(config.max_instances)
+            .max_memory_size(config.max_memory_bytes)
+            .max_memories_per_module(1)
+            .max_tables_per_module(1)
+            .table_elements(Limits::default().table_elements.max(20_000))
+            // Keep a few pages of a recently used slot resident: a fresh
+            // instance then starts without page faults for its stack area.
+            .linear_memory_keep_resident(64 << 10)
+            .table_keep_resident(16 << 10);
+
+        let mut wasm = Config::new();
+        wasm.wasm_component_model(true)
+            .epoch_interruption(true)
+            .max_wasm_stack(config.max_wasm_stack)
+            .cranelift_opt_level(OptLevel::Speed)
+            .memory_init_cow(true)
+            .parallel_compilation(true)
+            .allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+        let engine = Engine::new(&wasm).map_err(anyhow::Error::from)?;
+
+        let mut linker = Linker::<SandboxState>::new(&engine);
+        wasmtime_wasi::p2::add_to_linker_sync(&mut linker).map_err(anyhow::Error::from)?;
+
+        let compat_hash = {
+            use std::hash::{Hash as _, Hasher as _};
+            // DefaultHasher::new() has fixed keys: the value is stable for a
+            // given build of this binary, which is what an artifact cache needs.
+            let mut hasher = std::collections::hash_map::DefaultHasher::new();
+            engine.precompile_compatibility_hash().hash(&mut hasher);
+            format!("{:016x}", hasher.finish())
+        };
+
+        spawn_epoch_ticker(&engine);
+        Ok(Self {
+            engine,
+            linker: Arc::new(linker),
+            compat_hash: compat_hash.into(),
+        })
+    }
+
+    /// The wasmtime engine.
+    pub fn engine(&self) -> &Engine {
+        &self.engine
+    }
+
+    /// The linker every model is instantiated against.
+    pub fn linker(&self) -> &Linker<SandboxState> {
+        &self.linker
+    }
+
+    /// A short hex hash of everything that makes compiled artifacts
+    /// compatible with this engine; artifacts are stored under it.
+    pub fn compat_hash(&self) -> &str {
+        &self.compat_hash
+    }
+
+    /// A fresh store armed with `limits`: memory and table caps, a deadline,
+    /// a bounded resource table and an empty WASI context.
+    pub fn new_store(&self, limits: Limits) -> Store<SandboxState> {
+        let wasi = WasiCtx::builder()
+            .wall_clock(FrozenClock)
+            .monotonic_clock(FrozenClock)
+            .allow_tcp(false)
+            .allow_udp(false)
+            .allow_ip_name_lookup(false)
+            .build();
+        let mut table = ResourceTable::new();
+        table.set_max_capacity(limits.host_resources);
+        let mut store = Store::new(
+            &self.engine,
+            SandboxState {
+                wasi,
+                table,
+                limits,
+            },
+        );
+        store.limiter(|state| state);
+        let ticks = (limits.deadline.as_micros() / EPOCH_TICK.as_micros()).max(1);
+        store.set_epoch_deadline(u64::try_from(ticks).unwrap_or(u64::MAX));
+        store.epoch_deadline_trap();
+        store
+    }
+}
+
+/// Advances the engine's epoch every [`EPOCH_TICK`] until the engine is dropped.
+fn spawn_epoch_ticker(engine: &Engine) {
+    let weak = engine.weak();
+    std::thread::Builder::new()
+        .name("airlock-epoch".into())
+        .spawn(move || {
+            loop {
+                std::thread::sleep(EPOCH_TICK);
+                match weak.upgrade() {
+                    Some(engine) => engine.increment_epoch(),
+                    None => break,
+                }
+            }
+        })
+        .expect("failed to spawn the epoch ticker thread");
+}
+
+/// Classifies an error from instantiating or calling a guest.
+pub fn classify(error: wasmtime::Error, limits: &Limits) -> GuestFailure {
+    for cause in error.chain() {
+        if cause.downcast_ref::<MemoryCapExceeded>().is_some() {
+            return GuestFailure::MemoryCap(limits.memory_bytes);
+        }
+        if let Some(trap) = cause.downcast_ref::<Trap>() {
+            return match trap {
+                Trap::Interrupt => GuestFailure::Deadline(limits.deadline),
+                Trap::AllocationTooLarge => GuestFailure::MemoryCap(limits.memory_bytes),
+                other => GuestFailure::Trap(other.to_string()),
+            };
+        }
+        if cause.downcast_ref::<TableCapExceeded>().is_some() {
+            return GuestFailure::Trap(cause.to_string());
+        }
+        if cause
+            .downcast_ref::<wasmtime::PoolConcurrencyLimitError>()
+            .is_some()
+        {
+            return GuestFailure::Capacity(cause.to_string());
+        }
+    }
+    GuestFailure::Other(anyhow::Error::from(error))
+}
+
+/// Compiled artifacts, kept on disk and keyed by the component's sha256 and
+/// the engine's compatibility hash.
+///
+/// Layout: `<dir>/<engine-hash>/<sha256>.cwasm` plus a `.sha256` sidecar with
+/// the digest of the `.cwasm` itself. An artifact is deserialized only when
+/// its sidecar matches, so a truncated or tampered file is recompiled, never
+/// trusted. Only bytes this host compiled are ever deserialized.
+#[derive(Debug, Clone)]
+pub struct ArtifactCache {
+    dir: PathBuf,
+}
+
+/// How a component was obtained from the cache.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CacheOutcome {
+    /// A valid artifact was found and deserialized.
+    Hit,
+    /// No valid artifact: compiled now, and stored for next time.
+    Compiled,
+}
+
+impl ArtifactCache {
+    /// A cache under `root` for artifacts of `runtime`'s engine.
+    pub fn new(root: &Path, runtime: &Runtime) -> Self {
+        Self {
+            dir: root.join(runtime.compat_hash()),
+        }
+    }
+
+    /// The directory artifacts of this engine go to.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Returns the compiled component for `wasm`, whose sha256 is `digest`
+    /// (lowercase hex): from disk when a verified artifact exists, else
+    /// compiled and written back.
+    pub fn load_or_compile(
+        &self,
+        runtime: &Runtime,
+        digest: &str,
+        wasm: &[u8],
+    ) -> anyhow::Result<(Component, CacheOutcome)> {
+        anyhow::ensure!(
+            digest.len() == 64 && digest.bytes().all(|b| b.is_ascii_hexdigit()),
+            "not a sha256 hex digest: {digest:?}"
+        );
+        let artifact = self.dir.join(format!("{digest}.cwasm"));
+        let sidecar = self.dir.join(format!("{digest}.cwasm.sha256"));
+        if let Some(component) = self.load_verified(runtime, &artifact, &sidecar) {
+            return Ok((component, CacheOutcome::Hit));
+        }
+
+        let component = Component::new(runtime.engine(), wasm).map_err(anyhow::Error::from)?;
+        let bytes = component.serialize().map_err(anyhow::Error::from)?;
+        std::fs::create_dir_all(&self.dir)?;
+        // Sidecar first: an artifact without a matching sidecar is ignored,
+        // so a crash between the two writes costs a recompile, nothing more.
+        write_atomic(&sidecar, sha256_hex(&bytes).as_bytes())?;
+        write_atomic(&artifact, &bytes)?;
+        Ok((component, CacheOutcome::Compiled))
+    }
+
+    fn load_verified(
+        &self,
+        runtime: &Runtime,
+        artifact: &Path,
+        sidecar: &Path,
+    ) -> Option<Component> {
+        let expected = std::fs::read_to_string(sidecar).ok()?;
+        let bytes = std::fs::read(artifact).ok()?;
+        if sha256_hex(&bytes) != expected.trim() {
+            tracing::warn!(artifact = %artifact.display(), "compiled artifact failed its digest check; recompiling");
+            return None;
+        }
+        // SAFETY: the file was written by this host (its digest matches the
+        // sidecar written alongside it) and is only ever replaced by rename,
+        // never modified in place, so the mapping stays valid.
+        match unsafe { Component::deserialize_file(runtime.engine(), artifact) } {
+            Ok(component) => Some(component),
+            Err(error) => {
+                tracing::warn!(artifact = %artifact.display(), error = %error, "compiled artifact rejected; recompiling");
+                None
+            }
+        }
+    }
+}
+
+/// Lowercase hex sha256 of `bytes`.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    hex::encode(Sha256::digest(bytes))
+}
+
+/// Writes `bytes` to `path` so that a crash leaves either the old file or the
+/// new one: a temp file in the same directory, fsync, rename, fsync the directory.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let mut tmp = tempfile::NamedTempFile::new_in(dir)?;
+    tmp.write_all(bytes)?;
+    tmp.as_file().sync_all()?;
+    tmp.persist(path).map_err(|e| e.error)?;
+    std::fs::File::open(dir)?.sync_all()?;
+    Ok(())
+}

@@ -1,0 +1,837 @@
+//! The Open Inference Protocol v2 (REST) wire format: parsing requests into
+//! guest tensors, checking them against a model's metadata, and writing
+//! responses.
+//!
+//! Tensor `data` is parsed straight into the typed lists the guest receives
+//! (no intermediate `serde_json::Value`), only after the request's shape and
+//! datatype were checked, and it may be flat or nested row-major arrays.
+
+use std::collections::HashSet;
+use std::fmt;
+
+use serde::de::{self, DeserializeSeed, Deserializer, SeqAccess, Visitor};
+use serde::ser::{SerializeMap, SerializeSeq};
+use serde::{Deserialize, Serialize, Serializer};
+use serde_json::value::RawValue;
+
+use crate::bindings::{
+    Datatype, InferRequest, InferResponse, ModelMetadata, ParameterValue, Tensor, TensorData,
+    TensorSpec,
+};
+
+/// A request the caller got wrong; the message goes back to the caller.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct BadRequest(pub String);
+
+macro_rules! bad {
+    ($($arg:tt)*) => { BadRequest(format!($($arg)*)) };
+}
+
+/// Bounds checked while parsing a request.
+#[derive(Debug, Clone, Copy)]
+pub struct RequestLimits {
+    /// Most tensor elements over all inputs of one request.
+    pub max_elements: u64,
+}
+
+impl Default for RequestLimits {
+    fn default() -> Self {
+        Self {
+            max_elements: 16 << 20,
+        }
+    }
+}
+
+#[derive(Deserialize)]
+struct RawRequest<'a> {
+    #[serde(default)]
+    id: Option<String>,
+    #[serde(default)]
+    parameters: Option<serde_json::Map<String, serde_json::Value>>,
+    #[serde(borrow)]
+    inputs: Vec<RawInput<'a>>,
+    #[serde(default)]
+    outputs: Option<Vec<RawOutput>>,
+}
+
+#[derive(Deserialize)]
+struct RawInput<'a> {
+    name: String,
+    shape: Vec<i64>,
+    datatype: String,
+    #[serde(borrow)]
+    data: &'a RawValue,
+}
+
+#[derive(Deserialize)]
+struct RawOutput {
+    name: String,
+}
+
+/// Parses an inference request body and checks it against `metadata`.
+///
+/// Every declared input must be present exactly once, with the declared
+/// datatype and a shape that matches the declared one (-1 matches any size),
+/// and its data must hold exactly as many elements as the shape says.
+pub fn parse_infer_request(
+    body: &[u8],
+    metadata: &ModelMetadata,
+    limits: &RequestLimits,
+) -> Result<InferRequest, BadRequest> {
+    let raw: RawRequest<'_> =
+        serde_json::from_slice(body).map_err(|e| bad!("malformed inference request: {e}"))?;
+
+    let parameters = match raw.parameters {
+        Some(map) => convert_parameters(map)?,
+        None => Vec::new(),
+    };
+
+    let mut seen = HashSet::new();
+    let mut total_elements: u64 = 0;
+    let mut inputs = Vec::with_capacity(raw.inputs.len());
+    for input in &raw.inputs {
+        if !seen.insert(input.name.as_str()) {
+            return Err(bad!("input {:?} appears more than once", input.name));
+        }
+        let spec = metadata
+            .inputs
+            .iter()
+            .find(|spec| spec.name == input.name)
+            .ok_or_else(|| {
+                bad!(
+                    "unexpected input {:?}; the model takes {}",
+                    input.name,
+                    names(&metadata.inputs)
+                )
+            })?;
+        let datatype = Datatype::parse(&input.datatype).ok_or_else(|| {
+            bad!(
+                "input {:?}: unknown datatype {:?}",
+                input.name,
+                input.datatype
+            )
+        })?;
+        if datatype != spec.datatype {
+            return Err(bad!(
+                "input {:?}: datatype {} does not match the model's {}",
+                input.name,
+                datatype.as_str(),
+                spec.datatype.as_str()
+            ));
+        }
+        let shape = check_shape(&input.name, &input.shape, spec)?;
+        let elements = shape
+            .iter()
+            .try_fold(1u64, |acc, d| acc.checked_mul(*d))
+            .ok_or_else(|| bad!("input {:?}: shape is too large", input.name))?;
+        total_elements = total_elements.saturating_add(elements);
+        if total_elements > limits.max_elements {
+            return Err(bad!(
+                "the request has more than {} tensor elements",
+                limits.max_elements
+            ));
+        }
+        let data = parse_data(input.data, datatype, &shape)
+            .map_err(|e| bad!("input {:?}: {e}", input.name))?;
+        if data.len() as u64 != elements {
+            return Err(bad!(
+                "input {:?}: shape {:?} needs {elements} elements but data has {}",
+                input.name,
+                input.shape,
+                data.len()
+            ));
+        }
+        inputs.push(Tensor {
+            name: input.name.clone(),
+            shape,
+            data,
+        });
+    }
+    if let Some(missing) = metadata
+        .inputs
+        .iter()
+        .find(|spec| !seen.contains(spec.name.as_str()))
+    {
+        return Err(bad!("missing input {:?}", missing.name));
+    }
+
+    let mut outputs = Vec::new();
+    if let Some(requested) = raw.outputs {
+        let mut seen = HashSet::new();
+        for output in requested {
+            if !metadata.outputs.iter().any(|spec| spec.name == output.name) {
+                return Err(bad!(
+                    "unknown output {:?}; the model produces {}",
+                    output.name,
+                    names(&metadata.outputs)
+                ));
+            }
+            if !seen.insert(output.name.clone()) {
+                return Err(bad!("output {:?} is requested twice", output.name));
+            }
+            outputs.push(output.name);
+        }
+    }
+
+    Ok(InferRequest {
+        id: raw.id,
+        parameters,
+        inputs,
+        outputs,
+    })
+}
+
+fn names(specs: &[TensorSpec]) -> String {
+    let quoted: Vec<String> = specs.iter().map(|s| format!("{:?}", s.name)).collect();
+    quoted.join(", ")
+}
+
+fn check_shape(name: &str, shape: &[i64], spec: &TensorSpec) -> Result<Vec<u64>, BadRequest> {
+    if shape.len() != spec.shape.len() {
+        return Err(bad!(
+            "input {name:?}: shape {shape:?} has {} dimensions, the model expects {} ({:?})",
+            shape.len(),
+            spec.shape.len(),
+            spec.shape
+        ));
+    }
+    let mut dims = Vec::with_capacity(shape.len());
+    for (&got, &want) in shape.iter().zip(&spec.shape) {
+        if got < 0 {
+            return Err(bad!(
+                "input {name:?}: negative dimension in shape {shape:?}"
+            ));
+        }
+        if want != -1 && got != want {
+            return Err(bad!(
+                "input {name:?}: shape {shape:?} does not match the model's {:?}",
+                spec.shape
+            ));
+        }
+        dims.push(got as u64);
+    }
+    Ok(dims)
+}
+
+fn convert_parameters(
+    map: serde_json::Map<String, serde_json::Value>,
+) -> Result<Vec<(String, ParameterValue)>, BadRequest> {
+    map.into_iter()
+        .map(|(key, value)| {
+            let value = match value {
+                serde_json::Value::Bool(b) => ParameterValue::Bool(b),
+                serde_json::Value::String(s) => ParameterValue::Text(s),
+                serde_json::Value::Number(n) => match n.as_i64() {
+                    Some(i) => ParameterValue::Int(i),
+                    None => ParameterValue::Double(n.as_f64().unwrap_or(f64::NAN)),
+                },
+                _ => {
+                    return Err(bad!(
+                        "parameter {key:?}: only booleans, numbers and strings are supported"
+                    ));
+                }
+            };
+            Ok((key, value))
+        })
+        .collect()
+}
+
+/// Parses `data` (flat, or nested to exactly the depth of `shape`) into a
+/// typed list.
+fn parse_data(raw: &RawValue, datatype: Datatype, shape: &[u64]) -> Result<TensorData, String> {
+    let capacity = shape.iter().product::<u64>().min(1 << 20) as usize;
+    macro_rules! parse_as {
+        ($variant:ident, $ty:ty) => {{
+            let mut out: Vec<$ty> = Vec::with_capacity(capacity);
+            flatten::<$ty>(raw, shape, &mut out)?;
+            TensorData::$variant(out)
+        }};
+    }
+    Ok(match datatype {
+        Datatype::Bool => parse_as!(Bool, bool),
+        Datatype::Uint8 => parse_as!(Uint8, u8),
+        Datatype::Uint16 => parse_as!(Uint16, u16),
+        Datatype::Uint32 => parse_as!(Uint32, u32),
+        Datatype::Uint64 => parse_as!(Uint64, u64),
+        Datatype::Int8 => parse_as!(Int8, i8),
+        Datatype::Int16 => parse_as!(Int16, i16),
+        Datatype::Int32 => parse_as!(Int32, i32),
+        Datatype::Int64 => parse_as!(Int64, i64),
+        Datatype::Fp16 => {
+            let mut out: Vec<Half> = Vec::with_capacity(capacity);
+            flatten::<Half>(raw, shape, &mut out)?;
+            TensorData::Fp16(out.into_iter().map(|h| h.0).collect())
+        }
+        Datatype::Fp32 => parse_as!(Fp32, f32),
+        Datatype::Fp64 => parse_as!(Fp64, f64),
+        Datatype::Bytes => parse_as!(Bytes, Vec<u8>),
+    })
+}
+
+/// An FP16 element: parsed from a JSON number, stored as binary16 bits.
+struct Half(u16);
+
+/// One JSON scalar converted to a tensor element type.
+trait Element: Sized {
+    const EXPECTED: &'static str;
+    fn from_bool(_: bool) -> Option<Self> {
+        None
+    }
+    fn from_u64(_: u64) -> Option<Self> {
+        None
+    }
+    fn from_i64(_: i64) -> Option<Self> {
+        None
+    }
+    fn from_f64(_: f64) -> Option<Self> {
+        None
+    }
+    fn from_str(_: &str) -> Option<Self> {
+        None
+    }
+}
+
+impl Element for bool {
+    const EXPECTED: &'static str = "a boolean";
+    fn from_bool(v: bool) -> Option<Self> {
+        Some(v)
+    }
+}
+
+macro_rules! int_element {
+    ($($ty:ty),*) => {$(
+        impl Element for $ty {
+            const EXPECTED: &'static str = concat!("an integer in the range of ", stringify!($ty));
+            fn from_u64(v: u64) -> Option<Self> { <$ty>::try_from(v).ok() }
+            fn from_i64(v: i64) -> Option<Self> { <$ty>::try_from(v).ok() }
+        }
+    )*};
+}
+int_element!(u8, u16, u32, u64, i8, i16, i32, i64);
+
+impl Element for f32 {
+    const EXPECTED: &'static str = "a number in the range of FP32";
+    fn from_u64(v: u64) -> Option<Self> {
+        Some(v as f32)
+    }
+    fn from_i64(v: i64) -> Option<Self> {
+        Some(v as f32)
+    }
+    fn from_f64(v: f64) -> Option<Self> {
+        let x = v as f32;
+        x.is_finite().then_some(x)
+    }
+}
+
+impl Element for f64 {
+    const EXPECTED: &'static str = "a number";
+    fn from_u64(v: u64) -> Option<Self> {
+        Some(v as f64)
+    }
+    fn from_i64(v: i64) -> Option<Self> {
+        Some(v as f64)
+    }
+    fn from_f64(v: f64) -> Option<Self> {
+        Some(v)
+    }
+}
+
+impl Element for Half {
+    const EXPECTED: &'static str = "a number in the range of FP16";
+    fn from_u64(v: u64) -> Option<Self> {
+        Self::from_f64(v as f64)
+    }
+    fn from_i64(v: i64) -> Option<Self> {
+        Self::from_f64(v as f64)
+    }
+    fn from_f64(v: f64) -> Option<Self> {
+        let h = half::f16::from_f64(v);
+        h.is_finite().then_some(Half(h.to_bits()))
+    }
+}
+
+impl Element for Vec<u8> {
+    const EXPECTED: &'static str = "a string";
+    fn from_str(v: &str) -> Option<Self> {
+        Some(v.as_bytes().to_vec())
+    }
+}
+
+/// Walks a JSON array (flat, or nested to the depth of `shape`) and pushes
+/// its leaves into `out`, checking the nesting against `shape`.
+fn flatten<T: Element>(raw: &RawValue, shape: &[u64], out: &mut Vec<T>) -> Result<(), String> {
+    let mut de = serde_json::Deserializer::from_str(raw.get());
+    let mut state = FlattenState {
+        shape,
+        leaf_depth: None,
+    };
+    Level {
+        out,
+        state: &mut state,
+        depth: 0,
+    }
+    .deserialize(&mut de)
+    .map_err(|e| {
+        // serde_json appends " at line L column C"; the position inside the
+        // data array is not useful to a caller, the message is.
+        let text = e.to_string();
+        match text.find(" at line ") {
+            Some(i) => text[..i].to_owned(),
+            None => text,
+        }
+    })
+}
+
+struct FlattenState<'s> {
+    shape: &'s [u64],
+    /// Depth of the first leaf seen: 1 for flat data, `shape.len()` for nested.
+    leaf_depth: Option<usize>,
+}
+
+struct Level<'a, 's, T> {
+    out: &'a mut Vec<T>,
+    state: &'a mut FlattenState<'s>,
+    depth: usize,
+}
+
+impl<'de, T: Element> DeserializeSeed<'de> for Level<'_, '_, T> {
+    type Value = ();
+
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<(), D::Error> {
+        deserializer.deserialize_any(self)
+    }
+}
+
+impl<'de, T: Element> Visitor<'de> for Level<'_, '_, T> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.depth == 0 {
+            f.write_str("an array of tensor elements")
+        } else {
+            write!(f, "{} or an array", T::EXPECTED)
+        }
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        let depth = self.depth + 1;
+        if depth > self.state.shape.len().max(1) {
+            return Err(de::Error::custom(format!(
+                "data is nested deeper than the shape's {} dimensions",
+                self.state.shape.len()
+            )));
+        }
+        let mut count: u64 = 0;
+        while seq
+            .next_element_seed(Level {
+                out: &mut *self.out,
+                state: &mut *self.state,
+                depth,
+            })?
+            .is_some()
+        {
+            count += 1;
+        }
+        // Nested data must follow the shape at every level.
+        if let Some(leaf) = self.state.leaf_depth
+            && leaf > 1
+        {
+            let want = self.state.shape[depth - 1];
+            if count != want {
+                return Err(de::Error::custom(format!(
+                    "nested data has {count} entries at depth {depth}, the shape says {want}"
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    fn visit_bool<E: de::Error>(self, v: bool) -> Result<(), E> {
+        self.leaf(T::from_bool(v), || v.to_string())
+    }
+
+    fn visit_u64<E: de::Error>(self, v: u64) -> Result<(), E> {
+        self.leaf(T::from_u64(v), || v.to_string())
+    }
+
+    fn visit_i64<E: de::Error>(self, v: i64) -> Result<(), E> {
+        self.leaf(T::from_i64(v), || v.to_string())
+    }
+
+    fn visit_f64<E: de::Error>(self, v: f64) -> Result<(), E> {
+        self.leaf(T::from_f64(v), || v.to_string())
+    }
+
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<(), E> {
+        self.leaf(T::from_str(v), || "a string".to_owned())
+    }
+}
+
+impl<T: Element> Level<'_, '_, T> {
+    fn leaf<E: de::Error>(self, value: Option<T>, shown: impl FnOnce() -> String) -> Result<(), E> {
+        if self.depth == 0 {
+            return Err(E::custom("data must be an array"));
+        }
+        match self.state.leaf_depth {
+            None => {
+                if self.depth != 1 && self.depth != self.state.shape.len() {
+                    return Err(E::custom(format!(
+                        "data must be flat or nested to the shape's {} dimensions",
+                        self.state.shape.len()
+                    )));
+                }
+                self.state.leaf_depth = Some(self.depth);
+            }
+            Some(leaf) if leaf != self.depth => {
+                return Err(E::custom("data mixes nesting depths"));
+            }
+            Some(_) => {}
+        }
+        match value {
+            Some(v) => {
+                self.out.push(v);
+                Ok(())
+            }
+            None => Err(E::custom(format!(
+                "element {} is not {}",
+                shown(),
+                T::EXPECTED
+            ))),
+        }
+    }
+}
+
+/// The body of a successful inference response.
+pub struct InferResponseBody<'a> {
+    /// The name the model is served under.
+    pub model_name: &'a str,
+    /// The version that answered.
+    pub model_version: &'a str,
+    /// The request's id, echoed.
+    pub id: Option<&'a str>,
+    /// Extra response parameters (digest, …).
+    pub parameters: &'a [(&'a str, &'a str)],
+    /// The outputs to send.
+    pub outputs: &'a [Tensor],
+}
+
+impl Serialize for InferResponseBody<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let mut map = serializer.serialize_map(None)?;
+        map.serialize_entry("model_name", self.model_name)?;
+        map.serialize_entry("model_version", self.model_version)?;
+        if let Some(id) = self.id {
+            map.serialize_entry("id", id)?;
+        }
+        if !self.parameters.is_empty() {
+            map.serialize_entry("parameters", &Params(self.parameters))?;
+        }
+        map.serialize_entry("outputs", &Outputs(self.outputs))?;
+        map.end()
+    }
+}
+
+struct Params<'a>(&'a [(&'a str, &'a str)]);
+
+impl Serialize for Params<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let mut map = serializer.serialize_map(Some(self.0.len()))?;
+        for (k, v) in self.0 {
+            map.serialize_entry(k, v)?;
+        }
+        map.end()
+    }
+}
+
+struct Outputs<'a>(&'a [Tensor]);
+
+impl Serialize for Outputs<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let mut seq = serializer.serialize_seq(Some(self.0.len()))?;
+        for tensor in self.0 {
+            seq.serialize_element(&OutputTensor(tensor))?;
+        }
+        seq.end()
+    }
+}
+
+struct OutputTensor<'a>(&'a Tensor);
+
+impl Serialize for OutputTensor<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let t = self.0;
+        let mut map = serializer.serialize_map(Some(4))?;
+        map.serialize_entry("name", &t.name)?;
+        map.serialize_entry("datatype", t.data.datatype().as_str())?;
+        map.serialize_entry("shape", &t.shape)?;
+        match &t.data {
+            TensorData::Bool(v) => map.serialize_entry("data", v)?,
+            TensorData::Uint8(v) => map.serialize_entry("data", v)?,
+            TensorData::Uint16(v) => map.serialize_entry("data", v)?,
+            TensorData::Uint32(v) => map.serialize_entry("data", v)?,
+            TensorData::Uint64(v) => map.serialize_entry("data", v)?,
+            TensorData::Int8(v) => map.serialize_entry("data", v)?,
+            TensorData::Int16(v) => map.serialize_entry("data", v)?,
+            TensorData::Int32(v) => map.serialize_entry("data", v)?,
+            TensorData::Int64(v) => map.serialize_entry("data", v)?,
+            TensorData::Fp16(v) => map.serialize_entry("data", &HalfList(v))?,
+            TensorData::Fp32(v) => map.serialize_entry("data", v)?,
+            TensorData::Fp64(v) => map.serialize_entry("data", v)?,
+            TensorData::Bytes(v) => map.serialize_entry("data", &BytesList(v))?,
+        }
+        map.end()
+    }
+}
+
+struct HalfList<'a>(&'a [u16]);
+
+impl Serialize for HalfList<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_seq(self.0.iter().map(|b| half::f16::from_bits(*b).to_f32()))
+    }
+}
+
+struct BytesList<'a>(&'a [Vec<u8>]);
+
+impl Serialize for BytesList<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        // BYTES elements go out as JSON strings; bytes that are not UTF-8
+        // are replaced (U+FFFD), as JSON cannot carry them.
+        serializer.collect_seq(self.0.iter().map(|b| String::from_utf8_lossy(b)))
+    }
+}
+
+/// Checks a model's response against its metadata and the request, and
+/// keeps only the requested outputs. Errors are the model's fault (a 5xx).
+pub fn check_response(
+    response: InferResponse,
+    metadata: &ModelMetadata,
+    requested: &[String],
+) -> Result<Vec<Tensor>, String> {
+    let mut outputs = Vec::with_capacity(response.outputs.len());
+    for tensor in response.outputs {
+        let Some(spec) = metadata.outputs.iter().find(|s| s.name == tensor.name) else {
+            return Err(format!(
+                "the model returned undeclared output {:?}",
+                tensor.name
+            ));
+        };
+        if tensor.data.datatype() != spec.datatype {
+            return Err(format!(
+                "output {:?} is {}, declared {}",
+                tensor.name,
+                tensor.data.datatype().as_str(),
+                spec.datatype.as_str()
+            ));
+        }
+        let elements = tensor
+            .shape
+            .iter()
+            .try_fold(1u64, |acc, d| acc.checked_mul(*d));
+        if elements != Some(tensor.data.len() as u64) {
+            return Err(format!(
+                "output {:?} has shape {:?} but {} elements",
+                tensor.name,
+                tensor.shape,
+                tensor.data.len()
+            ));
+        }
+        if requested.is_empty() || requested.contains(&tensor.name) {
+            outputs.push(tensor);
+        }
+    }
+    if let Some(missing) = requested
+        .iter()
+        .find(|name| !outputs.iter().any(|t| &t.name == *name))
+    {
+        return Err(format!(
+            "the model did not return requested output {missing:?}"
+        ));
+    }
+    Ok(outputs)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn metadata() -> ModelMetadata {
+        ModelMetadata {
+            name: "m".into(),
+            version: "1".into(),
+            platform: "test".into(),
+            inputs: vec![TensorSpec {
+                name: "input".into(),
+                datatype: Datatype::Fp32,
+                shape: vec![-1, 3],
+            }],
+            outputs: vec![TensorSpec {
+                name: "out".into(),
+                datatype: Datatype::Fp32,
+                shape: vec![-1],
+            }],
+        }
+    }
+
+    fn parse(body: &str) -> Result<InferRequest, BadRequest> {
+        parse_infer_request(body.as_bytes(), &metadata(), &RequestLimits::default())
+    }
+
+    fn fp32(req: &InferRequest) -> &[f32] {
+        match &req.inputs[0].data {
+            TensorData::Fp32(v) => v,
+            other => panic!("unexpected {:?}", other.datatype()),
+        }
+    }
+
+    #[test]
+    fn flat_and_nested_data_parse_the_same() {
+        let flat = parse(r#"{"inputs":[{"name":"input","shape":[2,3],"datatype":"FP32","data":[1,2,3,4,5,6.5]}]}"#).unwrap();
+        let nested = parse(r#"{"inputs":[{"name":"input","shape":[2,3],"datatype":"FP32","data":[[1,2,3],[4,5,6.5]]}]}"#).unwrap();
+        assert_eq!(fp32(&flat), &[1.0, 2.0, 3.0, 4.0, 5.0, 6.5]);
+        assert_eq!(fp32(&flat), fp32(&nested));
+        assert_eq!(flat.inputs[0].shape, vec![2, 3]);
+    }
+
+    #[test]
+    fn nesting_must_follow_the_shape() {
+        let err = parse(r#"{"inputs":[{"name":"input","shape":[2,3],"datatype":"FP32","data":[[1,2],[3,4],[5,6]]}]}"#).unwrap_err();
+        assert!(err.0.contains("nested data has"), "{err}");
+        let err = parse(r#"{"inputs":[{"name":"input","shape":[2,3],"datatype":"FP32","data":[1,[2,3],4,5,6]}]}"#).unwrap_err();
+        assert!(err.0.contains("mixes nesting"), "{err}");
+        let err = parse(
+            r#"{"inputs":[{"name":"input","shape":[1,3],"datatype":"FP32","data":[[[1,2,3]]]}]}"#,
+        )
+        .unwrap_err();
+        assert!(err.0.contains("deeper"), "{err}");
+    }
+
+    #[test]
+    fn checks_against_metadata() {
+        let cases = [
+            (
+                r#"{"inputs":[{"name":"input","shape":[1,3],"datatype":"FP64","data":[1,2,3]}]}"#,
+                "does not match the model's FP32",
+            ),
+            (
+                r#"{"inputs":[{"name":"input","shape":[1,3],"datatype":"FLOAT","data":[1,2,3]}]}"#,
+                "unknown datatype",
+            ),
+            (
+                r#"{"inputs":[{"name":"input","shape":[1,4],"datatype":"FP32","data":[1,2,3,4]}]}"#,
+                "does not match the model's",
+            ),
+            (
+                r#"{"inputs":[{"name":"input","shape":[3],"datatype":"FP32","data":[1,2,3]}]}"#,
+                "dimensions",
+            ),
+            (
+                r#"{"inputs":[{"name":"input","shape":[2,3],"datatype":"FP32","data":[1,2,3]}]}"#,
+                "needs 6 elements but data has 3",
+            ),
+            (
+                r#"{"inputs":[{"name":"input","shape":[-1,3],"datatype":"FP32","data":[1,2,3]}]}"#,
+                "negative dimension",
+            ),
+            (
+                r#"{"inputs":[{"name":"other","shape":[1,3],"datatype":"FP32","data":[1,2,3]}]}"#,
+                "unexpected input",
+            ),
+            (r#"{"inputs":[]}"#, "missing input"),
+            (
+                r#"{"inputs":[{"name":"input","shape":[1,3],"datatype":"FP32","data":[1,"x",3]}]}"#,
+                "not a number",
+            ),
+            (
+                r#"{"inputs":[{"name":"input","shape":[1,3],"datatype":"FP32","data":[1,2,1e300]}]}"#,
+                "range of FP32",
+            ),
+            (
+                r#"{"inputs":[{"name":"input","shape":[1,3],"datatype":"FP32","data":5}]}"#,
+                "must be an array",
+            ),
+            (
+                r#"{"inputs":[{"name":"input","shape":[1,3],"datatype":"FP32","data":[1,2,3]}],"outputs":[{"name":"nope"}]}"#,
+                "unknown output",
+            ),
+            (
+                r#"{"inputs":[{"name":"input","shape":[1,3],"datatype":"FP32","data":[1,2,3]}],"parameters":{"a":[1]}}"#,
+                "parameter \"a\"",
+            ),
+            (r#"{"inputs": [}"#, "malformed"),
+        ];
+        for (body, expected) in cases {
+            let err = parse(body).expect_err(body);
+            assert!(
+                err.0.contains(expected),
+                "{body}: got {err}, wanted {expected:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn integer_types_are_range_checked() {
+        let mut meta = metadata();
+        meta.inputs[0].datatype = Datatype::Uint8;
+        let ok =
+            r#"{"inputs":[{"name":"input","shape":[1,3],"datatype":"UINT8","data":[0,255,7]}]}"#;
+        let req = parse_infer_request(ok.as_bytes(), &meta, &RequestLimits::default()).unwrap();
+        assert!(matches!(&req.inputs[0].data, TensorData::Uint8(v) if v == &[0, 255, 7]));
+        for bad in ["[0,256,7]", "[0,-1,7]", "[0,1.5,7]", "[0,true,7]"] {
+            let body = format!(
+                r#"{{"inputs":[{{"name":"input","shape":[1,3],"datatype":"UINT8","data":{bad}}}]}}"#
+            );
+            assert!(
+                parse_infer_request(body.as_bytes(), &meta, &RequestLimits::default()).is_err(),
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn element_limit_is_enforced() {
+        let limits = RequestLimits { max_elements: 5 };
+        let body =
+            r#"{"inputs":[{"name":"input","shape":[2,3],"datatype":"FP32","data":[1,2,3,4,5,6]}]}"#;
+        let err = parse_infer_request(body.as_bytes(), &metadata(), &limits).unwrap_err();
+        assert!(err.0.contains("more than 5"), "{err}");
+    }
+
+    #[test]
+    fn response_serialises_per_datatype() {
+        let outputs = vec![
+            Tensor {
+                name: "a".into(),
+                shape: vec![2],
+                data: TensorData::Fp16(vec![
+                    half::f16::from_f32(0.5).to_bits(),
+                    half::f16::from_f32(-2.0).to_bits(),
+                ]),
+            },
+            Tensor {
+                name: "b".into(),
+                shape: vec![1],
+                data: TensorData::Bytes(vec![b"hi".to_vec()]),
+            },
+            Tensor {
+                name: "c".into(),
+                shape: vec![2],
+                data: TensorData::Bool(vec![true, false]),
+            },
+        ];
+        let body = InferResponseBody {
+            model_name: "m",
+            model_version: "1",
+            id: Some("x"),
+            parameters: &[],
+            outputs: &outputs,
+        };
+        let json: serde_json::Value = serde_json::to_value(&body).unwrap();
+        assert_eq!(json["id"], "x");
+        assert_eq!(json["outputs"][0]["data"], serde_json::json!([0.5, -2.0]));
+        assert_eq!(json["outputs"][0]["datatype"], "FP16");
+        assert_eq!(json["outputs"][1]["data"], serde_json::json!(["hi"]));
+        assert_eq!(json["outputs"][2]["data"], serde_json::json!([true, false]));
+    }
+}

@@ -1,0 +1,84 @@
+//! The set of models being served.
+//!
+//! The whole table sits behind one atomic pointer: a request takes a
+//! snapshot (`Arc<LoadedModel>`) and finishes on it, whatever is swapped in
+//! meanwhile. Writers are serialised and publish a new table in one store.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+
+use arc_swap::ArcSwap;
+
+use crate::model::LoadedModel;
+
+/// One served name: its versions and which one answers by default.
+#[derive(Debug, Clone)]
+pub struct ModelEntry {
+    /// The version that answers requests without an explicit version.
+    pub active: Arc<LoadedModel>,
+    /// Every loaded version, by version string.
+    pub versions: BTreeMap<String, Arc<LoadedModel>>,
+}
+
+/// Served models by name.
+#[derive(Debug, Default)]
+pub struct Registry {
+    table: ArcSwap<HashMap<String, Arc<ModelEntry>>>,
+    write: Mutex<()>,
+}
+
+impl Registry {
+    /// An empty registry.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The active version of `name`.
+    pub fn active(&self, name: &str) -> Option<Arc<LoadedModel>> {
+        self.table.load().get(name).map(|e| Arc::clone(&e.active))
+    }
+
+    /// A specific version of `name`.
+    pub fn version(&self, name: &str, version: &str) -> Option<Arc<LoadedModel>> {
+        self.table
+            .load()
+            .get(name)
+            .and_then(|e| e.versions.get(version).cloned())
+    }
+
+    /// The entry for `name`.
+    pub fn entry(&self, name: &str) -> Option<Arc<ModelEntry>> {
+        self.table.load().get(name).cloned()
+    }
+
+    /// All entries, sorted by name.
+    pub fn entries(&self) -> Vec<(String, Arc<ModelEntry>)> {
+        let table = self.table.load();
+        let mut all: Vec<_> = table
+            .iter()
+            .map(|(k, v)| (k.clone(), Arc::clone(v)))
+            .collect();
+        all.sort_by(|a, b| a.0.cmp(&b.0));
+        all
+    }
+
+    /// Adds `model` as a version of its name and makes it the active one.
+    pub fn insert_active(&self, model: LoadedModel) {
+        let _guard = self.write.lock().unwrap_or_else(|p| p.into_inner());
+        let model = Arc::new(model);
+        let mut table = HashMap::clone(&self.table.load());
+        let mut versions = table
+            .get(model.name())
+            .map(|e| e.versions.clone())
+            .unwrap_or_default();
+        versions.insert(model.version().to_owned(), Arc::clone(&model));
+        table.insert(
+            model.name().to_owned(),
+            Arc::new(ModelEntry {
+                active: model,
+                versions,
+            }),
+        );
+        self.table.store(Arc::new(table));
+    }
+}

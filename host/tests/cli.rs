@@ -1,0 +1,132 @@
+//! The `airlock` binary as a user runs it: first run generates a CA and
+//! prints its path, the printed address answers over TLS, SIGTERM shuts it
+//! down cleanly, and a second run reuses the same certificate.
+
+use std::io::{BufRead as _, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+struct Running {
+    child: Child,
+    addr: String,
+    ca: String,
+    generated: bool,
+}
+
+fn start(data_dir: &std::path::Path) -> Running {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_airlock"))
+        .args([
+            "serve",
+            "--addr",
+            "127.0.0.1:0",
+            "--no-examples",
+            "--data-dir",
+        ])
+        .arg(data_dir)
+        .arg("--model")
+        .arg(format!("digits={}", airlock_artifacts::DIGITS))
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut addr = None;
+    let mut ca = None;
+    let mut generated = false;
+    while addr.is_none() || ca.is_none() {
+        let line = lines
+            .next()
+            .expect("airlock exited before printing its address")
+            .unwrap();
+        if let Some(rest) = line.strip_prefix("airlock listening on https://") {
+            addr = Some(rest.trim().to_owned());
+        }
+        if line.contains("CA certificate: ") {
+            generated = line.starts_with("generated");
+            let path = line.split("CA certificate: ").nth(1).unwrap();
+            ca = Some(path.split(" (").next().unwrap().to_owned());
+        }
+    }
+    // Keep draining stdout so the child never blocks on a full pipe.
+    std::thread::spawn(move || for _ in lines {});
+    Running {
+        child,
+        addr: addr.unwrap(),
+        ca: ca.unwrap(),
+        generated,
+    }
+}
+
+fn client(ca: &str) -> reqwest::blocking::Client {
+    // reqwest is built without a default crypto provider; pick ours.
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    let pem = std::fs::read(ca).unwrap();
+    let cert = reqwest::Certificate::from_pem(&pem).unwrap();
+    reqwest::blocking::Client::builder()
+        .add_root_certificate(cert)
+        .timeout(Duration::from_secs(30))
+        .build()
+        .unwrap()
+}
+
+fn terminate(mut running: Running) -> std::process::ExitStatus {
+    let pid = running.child.id().to_string();
+    let status = Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+    assert!(status.success());
+    running.child.wait().unwrap()
+}
+
+#[test]
+fn serve_generates_a_ca_answers_over_tls_and_shuts_down_cleanly() {
+    let data = tempfile::tempdir().unwrap();
+    let first = start(data.path());
+    assert!(first.generated, "first run should generate the certificate");
+    assert!(std::path::Path::new(&first.ca).is_absolute());
+    let port = first.addr.rsplit(':').next().unwrap().to_owned();
+
+    let http = client(&first.ca);
+    let url = format!("https://localhost:{port}/v2/models/digits/infer");
+    let body = serde_json::json!({"inputs": [{"name": "input", "shape": [1, 64], "datatype": "FP32",
+        "data": [0,0,5,13,9,1,0,0,0,0,13,15,10,15,5,0,0,3,15,2,0,11,8,0,0,4,12,0,0,8,8,0,0,5,8,0,0,9,8,0,0,4,11,0,1,12,7,0,0,2,14,5,10,12,0,0,0,0,6,13,10,0,0,0]}]});
+    let answer: serde_json::Value = http.post(&url).json(&body).send().unwrap().json().unwrap();
+    let probs: Vec<f64> = answer["outputs"][0]["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_f64().unwrap())
+        .collect();
+    let best = (0..10)
+        .max_by(|a, b| probs[*a].total_cmp(&probs[*b]))
+        .unwrap();
+    // That image is the dataset's first sample, a zero.
+    assert_eq!(best, 0, "{answer}");
+
+    let status = terminate(first);
+    assert!(
+        status.success(),
+        "SIGTERM should be a clean exit: {status:?}"
+    );
+
+    // A second run reuses the generated certificate.
+    let second = start(data.path());
+    assert!(!second.generated, "second run should reuse the certificate");
+    let port = second.addr.rsplit(':').next().unwrap().to_owned();
+    let live = client(&second.ca)
+        .get(format!("https://localhost:{port}/v2/health/live"))
+        .send()
+        .unwrap();
+    assert_eq!(live.status(), 200);
+    assert!(terminate(second).success());
+}
+
+#[test]
+fn user_certificate_flags_must_come_together() {
+    let out = Command::new(env!("CARGO_BIN_EXE_airlock"))
+        .args(["serve", "--tls-cert", "/nonexistent.pem"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--tls-key"), "{err}");
+}

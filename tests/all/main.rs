@@ -1,0 +1,8 @@
+//! Integration tests over real HTTPS against the real guest components.
+//! One test binary, so everything links once.
+
+mod accuracy;
+mod errors;
+mod protocol;
+mod support;
+mod transport;

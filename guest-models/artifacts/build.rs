@@ -45,6 +45,29 @@ const GUESTS: &[Guest] = &[
         doc: "The `misbehave` test fixture (world `model`): echoes, traps, \
               loops, exhausts memory or fails, as its `mode` parameter says.",
     },
+    Guest {
+        constant: "ALLOW_GUARD",
+        package: "allow-guard",
+        doc: "The `allow-guard` test fixture (world `policy`): a guard that \
+              allows everything; not a model.",
+    },
+    Guest {
+        constant: "NET_PROBE",
+        package: "net-probe",
+        doc: "The `net-probe` test fixture (world `model`): imports \
+              `wasi:sockets`, so uploads must refuse it.",
+    },
+    Guest {
+        constant: "METADATA_TRAP",
+        package: "metadata-trap",
+        doc: "The `metadata-trap` test fixture (world `model`): `metadata()` panics.",
+    },
+    Guest {
+        constant: "METADATA_LOOP",
+        package: "metadata-loop",
+        doc: "The `metadata-loop` test fixture (world `model`): `metadata()` \
+              never returns.",
+    },
 ];
 
 fn main() {
@@ -93,25 +116,50 @@ fn rerun_if_changed(guests_dir: &Path, repo_dir: &Path) {
     }
 }
 
-/// Fails early, with the fix, when the standard library for [`TARGET`] is
-/// missing, rather than leaving the reader to decode `can't find crate for
-/// std` in the child's output.
+/// Makes sure the standard library for [`TARGET`] is installed. On a fresh
+/// machine it is not (rust-toolchain.toml lists the target, but rustup only
+/// installs listed targets with the toolchain itself), so, when rustup is
+/// there, this adds it once, saying so; otherwise it fails with the fix
+/// rather than leaving the reader to decode `can't find crate for std`.
 fn ensure_target_installed() {
+    if target_installed() {
+        return;
+    }
+    println!("cargo:warning=installing the {TARGET} target with rustup (needed by guest-models/)");
+    let mut rustup = Command::new("rustup");
+    rustup.args(["target", "add", TARGET]);
+    if let Ok(toolchain) = env::var("RUSTUP_TOOLCHAIN") {
+        rustup.args(["--toolchain", &toolchain]);
+    }
+    let added = rustup.status().is_ok_and(|status| status.success());
+    if !added || !target_installed() {
+        panic!(
+            "the Rust standard library for {TARGET} is not installed, and the guest \
+             components in guest-models/ need it: run `rustup target add {TARGET}`"
+        );
+    }
+}
+
+fn target_installed() -> bool {
     let rustc = env::var_os("RUSTC").unwrap_or_else(|| "rustc".into());
     let Ok(output) = Command::new(rustc)
         .args(["--print", "target-libdir", "--target", TARGET])
         .output()
     else {
         // Let the guest build report whatever is wrong with rustc.
-        return;
+        return true;
     };
-    let libdir = String::from_utf8_lossy(&output.stdout);
-    if !output.status.success() || !Path::new(libdir.trim()).is_dir() {
-        panic!(
-            "the Rust standard library for {TARGET} is not installed, and the guest \
-             components in guest-models/ need it: run `rustup target add {TARGET}`"
-        );
+    if !output.status.success() {
+        return false;
     }
+    // The directory exists for every target rustc knows; the standard
+    // library in it only once the target is installed.
+    let libdir = String::from_utf8_lossy(&output.stdout);
+    std::fs::read_dir(libdir.trim()).is_ok_and(|entries| {
+        entries
+            .flatten()
+            .any(|entry| entry.file_name().to_string_lossy().starts_with("libstd-"))
+    })
 }
 
 /// Returns cargo's target directory, given that `OUT_DIR` is

@@ -34,8 +34,10 @@ use crate::registry::Registry;
 pub const ERROR_KIND_HEADER: &str = "x-airlock-error";
 
 /// What the router serves from.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct AppState {
+    /// The host (for the repository API).
+    pub host: crate::Host,
     /// The models.
     pub registry: Arc<Registry>,
     /// Bounds on inference requests.
@@ -61,6 +63,18 @@ pub enum ApiError {
     /// 413: the body is over the limit.
     #[error("{0}")]
     PayloadTooLarge(String),
+    /// 401: no credentials for the repository API.
+    #[error("{0}")]
+    Unauthorized(String),
+    /// 403: wrong credentials, or the repository API is disabled.
+    #[error("{0}")]
+    Forbidden(String),
+    /// 409: the operation conflicts with the model's state.
+    #[error("{0}")]
+    Conflict(String),
+    /// 415: the upload is not `application/wasm`.
+    #[error("{0}")]
+    UnsupportedMediaType(String),
     /// 400: the model refused the input (its `invalid-input`/`unsupported`).
     #[error("model {model:?} rejected the request: {message}")]
     ModelRejected {
@@ -96,6 +110,19 @@ impl From<BadRequest> for ApiError {
     }
 }
 
+impl From<crate::RepoError> for ApiError {
+    fn from(e: crate::RepoError) -> Self {
+        use crate::RepoError;
+        match e {
+            RepoError::Invalid(e) => ApiError::BadRequest(format!("upload refused: {e}")),
+            RepoError::BadRequest(m) => ApiError::BadRequest(m),
+            RepoError::NotFound(m) => ApiError::NotFound(m),
+            RepoError::Conflict(m) => ApiError::Conflict(m),
+            RepoError::Storage(e) => ApiError::Internal(e),
+        }
+    }
+}
+
 impl From<BytesRejection> for ApiError {
     fn from(rejection: BytesRejection) -> Self {
         match rejection.status() {
@@ -115,6 +142,10 @@ impl ApiError {
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
+            ApiError::Conflict(_) => StatusCode::CONFLICT,
+            ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::ModelFailed { .. } | ApiError::Internal(_) => {
                 StatusCode::INTERNAL_SERVER_ERROR
             }
@@ -174,6 +205,11 @@ impl IntoResponse for ApiError {
                 .headers_mut()
                 .insert(ERROR_KIND_HEADER, HeaderValue::from_static(kind));
         }
+        if status == StatusCode::UNAUTHORIZED {
+            response
+                .headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
         if status == StatusCode::SERVICE_UNAVAILABLE {
             response
                 .headers_mut()
@@ -205,6 +241,7 @@ pub fn router(state: AppState) -> Router {
             "/v2/models/{name}/versions/{version}/infer",
             post(infer_version),
         )
+        .merge(crate::admin::routes(state.host.config().max_upload_bytes))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(body_limit))
@@ -407,7 +444,7 @@ async fn run_infer(
 /// Runs CPU-bound sandbox work without stalling the async executor: in place
 /// on a multi-threaded runtime (tokio moves the worker's other tasks away),
 /// on the blocking pool otherwise.
-async fn run_blocking<F, T>(f: F) -> Result<T, ApiError>
+pub(crate) async fn run_blocking<F, T>(f: F) -> Result<T, ApiError>
 where
     F: FnOnce() -> T + Send + 'static,
     T: Send + 'static,

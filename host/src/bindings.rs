@@ -5,18 +5,20 @@
 #[allow(missing_docs)]
 mod generated {
     wasmtime::component::bindgen!({
-    path: "../wit",
+        path: "../wit",
         world: "model",
     });
 }
 
-pub use generated::*;
+pub use generated::{Model, ModelPre};
 
-pub use airlock::inference::types::{
+// Spelled through `generated`: this crate is itself named `airlock`, so a
+// bare `airlock::` path would be ambiguous.
+pub use generated::airlock::inference::types::{
     Datatype, Error as GuestError, InferRequest, InferResponse, ModelMetadata, ParameterValue,
     Tensor, TensorData, TensorSpec,
 };
-pub use exports::airlock::inference::inference::Guest as InferenceExports;
+pub use generated::exports::airlock::inference::inference::Guest as InferenceExports;
 
 impl Datatype {
     /// The Open Inference Protocol name of this datatype (`"FP32"`, …).

@@ -370,6 +370,20 @@ impl ArtifactCache {
         &self.dir
     }
 
+    /// Whether an artifact for `digest` is on disk (not checked).
+    pub fn contains(&self, digest: &str) -> bool {
+        self.dir.join(format!("{digest}.cwasm")).exists()
+    }
+
+    /// Removes the artifact for `digest`, if any (after a failed validation,
+    /// so that a rejected upload leaves nothing behind).
+    pub fn remove(&self, digest: &str) {
+        if digest.len() == 64 && digest.bytes().all(|b| b.is_ascii_hexdigit()) {
+            let _ = std::fs::remove_file(self.dir.join(format!("{digest}.cwasm")));
+            let _ = std::fs::remove_file(self.dir.join(format!("{digest}.cwasm.sha256")));
+        }
+    }
+
     /// Returns the compiled component for `wasm`, whose sha256 is `digest`
     /// (lowercase hex): from disk when a verified artifact exists, else
     /// compiled and written back.

@@ -16,13 +16,17 @@
 //! ```
 #![deny(missing_docs)]
 
+mod admin;
 pub mod api;
 pub mod bindings;
+pub mod client;
 pub mod engine;
 pub mod model;
 pub mod oip;
 pub mod registry;
+pub mod repository;
 pub mod server;
+pub mod store;
 pub mod tls;
 
 use std::path::{Path, PathBuf};
@@ -33,12 +37,15 @@ use anyhow::Context as _;
 pub use crate::engine::{EngineConfig, Limits, Runtime};
 pub use crate::model::{LoadError, LoadReport, LoadedModel};
 pub use crate::registry::Registry;
+pub use crate::repository::{RepoError, UploadReport};
 
 /// Settings of a host.
 #[derive(Debug, Clone)]
 pub struct HostConfig {
-    /// Where compiled artifacts (and, for `serve`, the TLS files) live.
+    /// The model store (blobs, indexes) and, for `serve`, the TLS files.
     pub data_dir: PathBuf,
+    /// Where compiled artifacts live; `<data_dir>/artifacts` when unset.
+    pub artifacts_dir: Option<PathBuf>,
     /// Engine-wide bounds.
     pub engine: EngineConfig,
     /// Default per-request limits for models.
@@ -47,6 +54,11 @@ pub struct HostConfig {
     pub request_limits: oip::RequestLimits,
     /// Largest request body, in bytes.
     pub max_body_bytes: usize,
+    /// Largest model upload, in bytes.
+    pub max_upload_bytes: usize,
+    /// Bearer token of the repository (admin) API; the API refuses every
+    /// request when unset.
+    pub admin_token: Option<String>,
 }
 
 impl HostConfig {
@@ -54,10 +66,13 @@ impl HostConfig {
     pub fn new(data_dir: impl Into<PathBuf>) -> Self {
         Self {
             data_dir: data_dir.into(),
+            artifacts_dir: None,
             engine: EngineConfig::default(),
             limits: Limits::default(),
             request_limits: oip::RequestLimits::default(),
             max_body_bytes: 16 << 20,
+            max_upload_bytes: 64 << 20,
+            admin_token: None,
         }
     }
 }
@@ -68,19 +83,28 @@ pub struct Host {
     runtime: Runtime,
     cache: engine::ArtifactCache,
     registry: Arc<Registry>,
+    store: store::FsStore,
     config: HostConfig,
+    /// Serialises repository writes (uploads, activations, …).
+    write_lock: Arc<std::sync::Mutex<()>>,
 }
 
 impl Host {
     /// Builds the engine (one per process is plenty) and an empty registry.
     pub fn new(config: HostConfig) -> anyhow::Result<Self> {
         let runtime = Runtime::new(&config.engine).context("failed to create the wasm engine")?;
-        let cache = engine::ArtifactCache::new(&config.data_dir.join("artifacts"), &runtime);
+        let artifacts = config
+            .artifacts_dir
+            .clone()
+            .unwrap_or_else(|| config.data_dir.join("artifacts"));
+        let cache = engine::ArtifactCache::new(&artifacts, &runtime);
         Ok(Self {
             runtime,
             cache,
             registry: Arc::new(Registry::new()),
+            store: store::FsStore::new(&config.data_dir),
             config,
+            write_lock: Arc::default(),
         })
     }
 
@@ -99,45 +123,19 @@ impl Host {
         &self.runtime
     }
 
-    /// Loads `wasm` and serves it as `name` (its active version), with the
-    /// default limits. Compiles, or reuses a verified cached artifact.
-    pub fn load(&self, name: &str, wasm: &[u8]) -> Result<LoadReport, LoadError> {
-        self.load_with_limits(name, wasm, self.config.limits)
-    }
-
-    /// Like [`Host::load`], with explicit limits.
-    pub fn load_with_limits(
-        &self,
-        name: &str,
-        wasm: &[u8],
-        limits: Limits,
-    ) -> Result<LoadReport, LoadError> {
-        validate_model_name(name).map_err(LoadError::InvalidMetadata)?;
-        let (model, report) = LoadedModel::load(&self.runtime, &self.cache, name, wasm, limits)?;
-        tracing::info!(
-            model = name,
-            version = model.version(),
-            sha256 = model.digest(),
-            cache = ?report.cache,
-            compile_ms = report.compile.as_secs_f64() * 1e3,
-            total_ms = report.total.as_secs_f64() * 1e3,
-            "model loaded"
-        );
-        self.registry.insert_active(model);
-        Ok(report)
-    }
-
-    /// Reads a component file and loads it as `name`.
-    pub fn load_file(&self, name: &str, path: &Path) -> anyhow::Result<LoadReport> {
+    /// Reads a component file and uploads it as the active version of `name`
+    /// (or re-activates the version that already holds these bytes).
+    pub fn load_file(&self, name: &str, path: &Path) -> anyhow::Result<UploadReport> {
         let wasm =
             std::fs::read(path).with_context(|| format!("failed to read {}", path.display()))?;
-        self.load(name, &wasm)
+        self.upload(name, &wasm, true)
             .with_context(|| format!("failed to load model {name:?} from {}", path.display()))
     }
 
     /// The HTTP router over this host's models.
     pub fn router(&self) -> axum::Router {
         api::router(api::AppState {
+            host: self.clone(),
             registry: Arc::clone(&self.registry),
             request_limits: self.config.request_limits,
             max_body_bytes: self.config.max_body_bytes,
@@ -152,6 +150,27 @@ pub fn example_models() -> [(&'static str, &'static str); 2] {
         ("digits", airlock_artifacts::DIGITS),
         ("digits-onnx", airlock_artifacts::DIGITS_ONNX),
     ]
+}
+
+/// Reads the admin token from `path`, creating a random one (mode 0600)
+/// when the file does not exist. Returns the token and whether it was created.
+pub fn ensure_admin_token(path: &Path) -> anyhow::Result<(String, bool)> {
+    if let Ok(token) = std::fs::read_to_string(path) {
+        let token = token.trim().to_owned();
+        anyhow::ensure!(!token.is_empty(), "{} is empty", path.display());
+        return Ok((token, false));
+    }
+    let mut bytes = [0u8; 32];
+    use std::io::Read as _;
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut bytes))
+        .context("failed to read random bytes for the admin token")?;
+    let token = hex::encode(bytes);
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    tls::write_private(path, token.as_bytes())?;
+    Ok((token, true))
 }
 
 /// Model names: 1 to 64 characters of `a-z 0-9 . _ -`, starting with a

@@ -22,6 +22,9 @@ pub enum LoadError {
     /// not export the `model` world.
     #[error("the component does not fit the `model` world: {0}")]
     World(String),
+    /// The component imports a capability no model may have (sockets, HTTP).
+    #[error("the component imports capabilities models may not have: {0}")]
+    Forbidden(String),
     /// `metadata()` failed.
     #[error("metadata() failed: {0}")]
     Metadata(GuestFailure),
@@ -68,26 +71,46 @@ impl std::fmt::Debug for LoadedModel {
 impl LoadedModel {
     /// Compiles (or fetches from `cache`) the component `wasm`, links it,
     /// and reads its metadata in a sandbox armed with `limits`. The model is
-    /// served as `name`; its version is the one its metadata declares.
+    /// served as `name` version `version`.
     pub fn load(
         runtime: &Runtime,
         cache: &ArtifactCache,
         name: &str,
+        version: &str,
         wasm: &[u8],
         limits: Limits,
     ) -> Result<(Self, LoadReport), LoadError> {
         let start = Instant::now();
-        if !wasmparser_is_component(wasm) {
-            return Err(LoadError::NotAComponent(
-                "expected the component binary format (a core module or other bytes were sent)"
-                    .into(),
-            ));
+        match wasm_kind(wasm) {
+            WasmKind::Component => {}
+            WasmKind::CoreModule => {
+                return Err(LoadError::NotAComponent(
+                    "this is a core WebAssembly module; models are components of the \
+                     `airlock:inference` `model` world"
+                        .into(),
+                ));
+            }
+            WasmKind::NotWasm => {
+                return Err(LoadError::NotAComponent(
+                    "the bytes are not WebAssembly (no \\0asm preamble)".into(),
+                ));
+            }
         }
         let digest = sha256_hex(wasm);
         let (component, outcome) = cache
             .load_or_compile(runtime, &digest, wasm)
             .map_err(|e| LoadError::Compile(format!("{e:#}")))?;
         let compile = start.elapsed();
+
+        let forbidden: Vec<String> = component
+            .component_type()
+            .imports(runtime.engine())
+            .map(|(import, _)| import.to_owned())
+            .filter(|import| FORBIDDEN_IMPORTS.iter().any(|p| import.starts_with(p)))
+            .collect();
+        if !forbidden.is_empty() {
+            return Err(LoadError::Forbidden(forbidden.join(", ")));
+        }
 
         let instance_pre = runtime
             .linker()
@@ -110,7 +133,7 @@ impl LoadedModel {
 
         let model = Self {
             name: name.to_owned(),
-            version: metadata.version.clone(),
+            version: version.to_owned(),
             digest,
             metadata,
             limits,
@@ -123,6 +146,14 @@ impl LoadedModel {
             total: start.elapsed(),
         };
         Ok((model, report))
+    }
+
+    /// The same model served as `version`.
+    pub fn relabel(self, version: &str) -> Self {
+        Self {
+            version: version.to_owned(),
+            ..self
+        }
     }
 
     /// The name the model is served under.
@@ -169,10 +200,33 @@ impl LoadedModel {
     }
 }
 
-/// The component binary format starts with the wasm magic and a layer of 1
-/// (core modules have layer 0).
-fn wasmparser_is_component(bytes: &[u8]) -> bool {
-    bytes.len() >= 8 && bytes[0..4] == *b"\0asm" && bytes[6..8] == [1, 0]
+/// Import prefixes refused at load time. Models compute; they get no
+/// network. (`wasi:filesystem` is linked, because Rust's standard library
+/// imports it even in pure-compute guests, but with no preopened
+/// directories there is nothing to open.)
+const FORBIDDEN_IMPORTS: &[&str] = &["wasi:sockets/", "wasi:http/"];
+
+/// What a byte string is, going by its preamble.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WasmKind {
+    /// The component binary format (`\0asm`, layer 1).
+    Component,
+    /// A core module (`\0asm`, version 1, layer 0).
+    CoreModule,
+    /// Anything else.
+    NotWasm,
+}
+
+/// Tells components, core modules and other bytes apart by the preamble.
+pub fn wasm_kind(bytes: &[u8]) -> WasmKind {
+    if bytes.len() < 8 || bytes[0..4] != *b"\0asm" {
+        return WasmKind::NotWasm;
+    }
+    match bytes[4..8] {
+        [_, _, 1, 0] => WasmKind::Component,
+        [1, 0, 0, 0] => WasmKind::CoreModule,
+        _ => WasmKind::NotWasm,
+    }
 }
 
 fn validate_metadata(metadata: &ModelMetadata) -> Result<(), String> {

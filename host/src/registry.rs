@@ -62,23 +62,48 @@ impl Registry {
         all
     }
 
-    /// Adds `model` as a version of its name and makes it the active one.
-    pub fn insert_active(&self, model: LoadedModel) {
+    /// Publishes `models` as the versions of `name`, `active` answering by
+    /// default, in one atomic swap. An empty list removes the name.
+    pub fn replace(&self, name: &str, models: Vec<Arc<LoadedModel>>, active: Option<&str>) {
         let _guard = self.write.lock().unwrap_or_else(|p| p.into_inner());
-        let model = Arc::new(model);
         let mut table = HashMap::clone(&self.table.load());
-        let mut versions = table
-            .get(model.name())
-            .map(|e| e.versions.clone())
-            .unwrap_or_default();
-        versions.insert(model.version().to_owned(), Arc::clone(&model));
-        table.insert(
-            model.name().to_owned(),
-            Arc::new(ModelEntry {
-                active: model,
-                versions,
-            }),
-        );
+        let versions: BTreeMap<String, Arc<LoadedModel>> = models
+            .into_iter()
+            .map(|m| (m.version().to_owned(), m))
+            .collect();
+        let active = active
+            .and_then(|v| versions.get(v))
+            .or_else(|| versions.values().next_back())
+            .cloned();
+        match active {
+            Some(active) => {
+                table.insert(name.to_owned(), Arc::new(ModelEntry { active, versions }));
+            }
+            None => {
+                table.remove(name);
+            }
+        }
         self.table.store(Arc::new(table));
+    }
+
+    /// Adds `model` as a version of its name, optionally making it the
+    /// active one (it is also made active when it is the first version).
+    pub fn insert(&self, model: Arc<LoadedModel>, activate: bool) {
+        let name = model.name().to_owned();
+        let (mut models, active) = match self.entry(&name) {
+            Some(entry) => (
+                entry.versions.values().cloned().collect::<Vec<_>>(),
+                Some(entry.active.version().to_owned()),
+            ),
+            None => (Vec::new(), None),
+        };
+        models.retain(|m| m.version() != model.version());
+        let active = if activate || active.is_none() {
+            Some(model.version().to_owned())
+        } else {
+            active
+        };
+        models.push(model);
+        self.replace(&name, models, active.as_deref());
     }
 }

@@ -13,6 +13,8 @@ struct Running {
     generated: bool,
 }
 
+const TOKEN: &str = "cli-test-token";
+
 fn start(data_dir: &std::path::Path) -> Running {
     let mut child = Command::new(env!("CARGO_BIN_EXE_airlock"))
         .args([
@@ -25,6 +27,7 @@ fn start(data_dir: &std::path::Path) -> Running {
         .arg(data_dir)
         .arg("--model")
         .arg(format!("digits={}", airlock_artifacts::DIGITS))
+        .env("AIRLOCK_ADMIN_TOKEN", TOKEN)
         .env("RUST_LOG", "warn")
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
@@ -129,4 +132,130 @@ fn user_certificate_flags_must_come_together() {
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("--tls-key"), "{err}");
+}
+
+/// A body that trickles out slowly, so the server can be killed mid-upload.
+struct Slow(std::io::Cursor<Vec<u8>>);
+
+impl std::io::Read for Slow {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        std::thread::sleep(Duration::from_millis(10));
+        let n = buf.len().min(32 << 10);
+        std::io::Read::read(&mut self.0, &mut buf[..n])
+    }
+}
+
+fn port(running: &Running) -> String {
+    running.addr.rsplit(':').next().unwrap().to_owned()
+}
+
+fn versions(http: &reqwest::blocking::Client, port: &str) -> serde_json::Value {
+    let index: serde_json::Value = http
+        .post(format!("https://localhost:{port}/v2/repository/index"))
+        .bearer_auth(TOKEN)
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    index
+}
+
+#[test]
+fn kill_9_during_an_upload_leaves_the_previous_version_serving() {
+    let data = tempfile::tempdir().unwrap();
+    let mut first = start(data.path());
+    let http = client(&first.ca);
+    let p = port(&first);
+    let before = versions(&http, &p);
+    assert_eq!(before.as_array().unwrap().len(), 1, "{before}");
+
+    let onnx = std::fs::read(airlock_artifacts::DIGITS_ONNX).unwrap();
+    let len = onnx.len() as u64;
+    let upload = {
+        let http = http.clone();
+        let url =
+            format!("https://localhost:{p}/v2/repository/models/digits/versions?activate=true");
+        std::thread::spawn(move || {
+            http.post(url)
+                .bearer_auth(TOKEN)
+                .header("content-type", "application/wasm")
+                .body(reqwest::blocking::Body::sized(
+                    Slow(std::io::Cursor::new(onnx)),
+                    len,
+                ))
+                .send()
+        })
+    };
+    std::thread::sleep(Duration::from_millis(700));
+    first.child.kill().unwrap(); // SIGKILL
+    first.child.wait().unwrap();
+    assert!(
+        upload.join().unwrap().is_err(),
+        "the upload cannot have completed"
+    );
+
+    let second = start(data.path());
+    let http = client(&second.ca);
+    let p = port(&second);
+    assert_eq!(versions(&http, &p), before, "a partial version is listed");
+    let meta: serde_json::Value = http
+        .get(format!("https://localhost:{p}/v2/models/digits"))
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    assert_eq!(meta["versions"], serde_json::json!(["1"]));
+    assert_eq!(meta["platform"], "rust-mlp");
+    assert!(terminate(second).success());
+}
+
+#[test]
+fn push_models_activate_and_rollback_from_the_command_line() {
+    let data = tempfile::tempdir().unwrap();
+    let running = start(data.path());
+    let server = format!("https://localhost:{}", port(&running));
+    let cli = |args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_airlock"))
+            .args(args)
+            .args(["--server", &server, "--cacert", &running.ca])
+            .env("AIRLOCK_ADMIN_TOKEN", TOKEN)
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned()
+                + &String::from_utf8_lossy(&out.stderr),
+        )
+    };
+    let (ok, text) = cli(&[
+        "push",
+        airlock_artifacts::DIGITS_ONNX,
+        "--name",
+        "digits",
+        "--activate",
+    ]);
+    assert!(ok, "{text}");
+    assert!(text.contains("uploaded version 2 (active)"), "{text}");
+    let (ok, text) = cli(&["models"]);
+    assert!(ok, "{text}");
+    let rows: Vec<&str> = text.lines().filter(|l| l.starts_with("digits")).collect();
+    assert_eq!(rows.len(), 2, "{text}");
+    assert!(
+        rows[1].contains('*'),
+        "version 2 should be marked active: {text}"
+    );
+    let (ok, text) = cli(&["rollback", "digits"]);
+    assert!(ok, "{text}");
+    assert!(text.contains("rolled back to version \"1\""), "{text}");
+    let (ok, text) = cli(&["activate", "digits", "2"]);
+    assert!(ok, "{text}");
+    // Errors print the server's message, not a backtrace.
+    let (ok, text) = cli(&["activate", "digits", "9"]);
+    assert!(!ok);
+    assert!(text.contains("has no version \"9\""), "{text}");
+    assert!(!text.contains("panicked"), "{text}");
+    let (ok, text) = cli(&["push", "/etc/hostname", "--name", "digits"]);
+    assert!(!ok);
+    assert!(text.contains("not WebAssembly"), "{text}");
+    assert!(terminate(running).success());
 }

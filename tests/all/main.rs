@@ -4,5 +4,6 @@
 mod accuracy;
 mod errors;
 mod protocol;
+mod repository;
 mod support;
 mod transport;

@@ -12,14 +12,15 @@ use airlock::{Host, HostConfig, Limits};
 /// The running test server.
 pub struct Server {
     pub addr: SocketAddr,
+    pub data_dir: PathBuf,
     pub ca_pem: Vec<u8>,
     pub ca_path: PathBuf,
     _data: tempfile::TempDir,
 }
 
-/// Limits of the `misbehave` fixture: small, so that failures are fast.
-pub const FIXTURE_LIMITS: Limits = Limits {
-    memory_bytes: 32 << 20,
+/// Limits of the test servers: small, so that failures are fast.
+pub const TEST_LIMITS: Limits = Limits {
+    memory_bytes: 64 << 20,
     deadline: Duration::from_millis(200),
     table_elements: 20_000,
     host_resources: 64,
@@ -27,6 +28,23 @@ pub const FIXTURE_LIMITS: Limits = Limits {
 
 /// Body limit of the test server.
 pub const MAX_BODY_BYTES: usize = 1 << 20;
+
+/// Upload limit of the test server (the ONNX guest is about 16 MB).
+pub const MAX_UPLOAD_BYTES: usize = 32 << 20;
+
+/// The admin token of the test servers.
+pub const ADMIN_TOKEN: &str = "test-admin-token";
+
+/// A host configuration with its store in `data` and the shared artifact cache.
+pub fn test_config(data: &Path) -> HostConfig {
+    let mut config = HostConfig::new(data);
+    config.artifacts_dir = Some(artifact_root());
+    config.max_body_bytes = MAX_BODY_BYTES;
+    config.max_upload_bytes = MAX_UPLOAD_BYTES;
+    config.limits = TEST_LIMITS;
+    config.admin_token = Some(ADMIN_TOKEN.to_owned());
+    config
+}
 
 /// Where compiled artifacts are kept between test runs, so that the large
 /// ONNX guest is compiled once per build, not once per test.
@@ -42,14 +60,11 @@ pub fn server() -> &'static Server {
 
 fn start() -> Server {
     let data = tempfile::tempdir().unwrap();
-    let mut config = HostConfig::new(artifact_root());
-    config.max_body_bytes = MAX_BODY_BYTES;
-    let host = Host::new(config).unwrap();
+    let host = Host::new(test_config(data.path())).unwrap();
     for (name, path) in airlock::example_models() {
         host.load_file(name, Path::new(path)).unwrap();
     }
-    let misbehave = std::fs::read(airlock_artifacts::MISBEHAVE).unwrap();
-    host.load_with_limits("misbehave", &misbehave, FIXTURE_LIMITS)
+    host.load_file("misbehave", Path::new(airlock_artifacts::MISBEHAVE))
         .unwrap();
 
     let local = airlock::tls::ensure_local_certificate(&data.path().join("tls")).unwrap();
@@ -83,6 +98,7 @@ fn start() -> Server {
     let addr = rx.recv().unwrap();
     Server {
         addr,
+        data_dir: data.path().to_owned(),
         ca_pem: std::fs::read(&local.ca).unwrap(),
         ca_path: local.ca.clone(),
         _data: data,

@@ -22,6 +22,71 @@ struct Cli {
 enum Command {
     /// Serve the Open Inference Protocol v2 over HTTPS.
     Serve(ServeArgs),
+    /// Upload a model component as a new version.
+    Push {
+        /// The component (.wasm) to upload.
+        file: PathBuf,
+        /// The model name to upload it under.
+        #[arg(long)]
+        name: String,
+        /// Make the new version the active one.
+        #[arg(long)]
+        activate: bool,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// List stored models and their versions.
+    Models {
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// Make a version the active one.
+    Activate {
+        /// Model name.
+        name: String,
+        /// Version to activate.
+        version: String,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// Re-activate the previously active version.
+    Rollback {
+        /// Model name.
+        name: String,
+        #[command(flatten)]
+        remote: Remote,
+    },
+}
+
+/// Where the repository API is and how to authenticate.
+#[derive(Args)]
+struct Remote {
+    /// Server URL.
+    #[arg(long, env = "AIRLOCK_SERVER", default_value = "https://127.0.0.1:8443")]
+    server: String,
+    /// Extra CA certificate to trust (PEM), e.g. airlock-data/tls/ca.pem;
+    /// that file is used when it exists and this is not given.
+    #[arg(long, env = "AIRLOCK_CACERT")]
+    cacert: Option<PathBuf>,
+    /// The admin token; read from airlock-data/admin-token when unset.
+    #[arg(long, env = "AIRLOCK_ADMIN_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+}
+
+impl Remote {
+    fn client(self) -> anyhow::Result<airlock::client::Client> {
+        let local = PathBuf::from("airlock-data");
+        let cacert = self
+            .cacert
+            .or_else(|| Some(local.join("tls/ca.pem")).filter(|p| p.exists()));
+        let token = match self.token {
+            Some(token) => token,
+            None => std::fs::read_to_string(local.join("admin-token"))
+                .map(|t| t.trim().to_owned())
+                .context("no admin token: set AIRLOCK_ADMIN_TOKEN or pass --token")?,
+        };
+        airlock::client::Client::new(&self.server, cacert.as_deref(), token)
+    }
 }
 
 #[derive(Args)]
@@ -53,6 +118,13 @@ struct ServeArgs {
     /// Largest request body, in bytes.
     #[arg(long, env = "AIRLOCK_MAX_BODY_BYTES", default_value_t = 16 << 20)]
     max_body_bytes: usize,
+    /// Largest model upload, in bytes.
+    #[arg(long, env = "AIRLOCK_MAX_UPLOAD_BYTES", default_value_t = 64 << 20)]
+    max_upload_bytes: usize,
+    /// Bearer token of the repository API. Default: read from (or generated
+    /// into) <data-dir>/admin-token.
+    #[arg(long, env = "AIRLOCK_ADMIN_TOKEN", hide_env_values = true)]
+    admin_token: Option<String>,
 }
 
 fn parse_model(s: &str) -> Result<(String, PathBuf), String> {
@@ -68,6 +140,25 @@ fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Serve(args) => serve(args),
+        Command::Push {
+            file,
+            name,
+            activate,
+            remote,
+        } => push(&file, &name, activate, remote),
+        Command::Models { remote } => models(remote),
+        Command::Activate {
+            name,
+            version,
+            remote,
+        } => remote
+            .client()
+            .and_then(|c| c.activate(&name, &version))
+            .map(|body| println!("{name}: version {} is active", body["active"])),
+        Command::Rollback { name, remote } => remote
+            .client()
+            .and_then(|c| c.rollback(&name))
+            .map(|body| println!("{name}: rolled back to version {}", body["active"])),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
@@ -78,12 +169,79 @@ fn main() -> std::process::ExitCode {
     }
 }
 
+fn push(file: &std::path::Path, name: &str, activate: bool, remote: Remote) -> anyhow::Result<()> {
+    let wasm = std::fs::read(file).with_context(|| format!("failed to read {}", file.display()))?;
+    let client = remote.client()?;
+    let bar = indicatif::ProgressBar::new(wasm.len() as u64);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec}",
+        )
+        .expect("a valid template")
+        .progress_chars("=> "),
+    );
+    bar.set_message(format!("uploading {}", file.display()));
+    let progress = bar.clone();
+    let result = client.push(name, wasm, activate, move |sent, _| {
+        progress.set_position(sent)
+    });
+    bar.finish_and_clear();
+    let body = result?;
+    let version = body["version"].as_str().unwrap_or("?");
+    let state = if body["active"] == true {
+        "active"
+    } else {
+        "not active"
+    };
+    if body["created"] == true {
+        println!(
+            "{name}: uploaded version {version} ({state}), sha256 {}",
+            body["sha256"].as_str().unwrap_or("?")
+        );
+    } else {
+        println!("{name}: these bytes are already version {version} ({state})");
+    }
+    Ok(())
+}
+
+fn models(remote: Remote) -> anyhow::Result<()> {
+    let rows = remote.client()?.models()?;
+    println!(
+        "{:<24} {:>8} {:>7} {:<12} SHA256",
+        "NAME", "VERSION", "ACTIVE", "STATE"
+    );
+    for row in rows.as_array().into_iter().flatten() {
+        println!(
+            "{:<24} {:>8} {:>7} {:<12} {}",
+            row["name"].as_str().unwrap_or("?"),
+            row["version"].as_str().unwrap_or("?"),
+            if row["active"] == true { "*" } else { "" },
+            row["state"].as_str().unwrap_or("?"),
+            row["sha256"].as_str().unwrap_or("?"),
+        );
+    }
+    Ok(())
+}
+
 #[tokio::main]
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let mut config = airlock::HostConfig::new(&args.data_dir);
     config.limits.memory_bytes = args.memory_mib << 20;
     config.limits.deadline = Duration::from_millis(args.deadline_ms);
     config.max_body_bytes = args.max_body_bytes;
+    config.max_upload_bytes = args.max_upload_bytes;
+    let token_path = args.data_dir.join("admin-token");
+    let token_created = match args.admin_token.clone() {
+        Some(token) => {
+            config.admin_token = Some(token);
+            None
+        }
+        None => {
+            let (token, created) = airlock::ensure_admin_token(&token_path)?;
+            config.admin_token = Some(token);
+            Some(created)
+        }
+    };
     anyhow::ensure!(
         config.limits.memory_bytes <= config.engine.max_memory_bytes,
         "--memory-mib is over the engine's slot size of {} MiB",
@@ -91,18 +249,30 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     );
     let host = airlock::Host::new(config)?;
 
-    let mut models: Vec<(String, PathBuf)> = Vec::new();
-    if !args.no_examples {
-        models.extend(
-            airlock::example_models()
-                .iter()
-                .map(|(name, path)| ((*name).to_owned(), PathBuf::from(path))),
-        );
-    }
-    models.extend(args.models);
+    let examples: Vec<(String, PathBuf)> = if args.no_examples {
+        Vec::new()
+    } else {
+        airlock::example_models()
+            .iter()
+            .map(|(name, path)| ((*name).to_owned(), PathBuf::from(path)))
+            .collect()
+    };
+    let models = args.models;
     {
         let host = host.clone();
         tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
+            // The store first: models come back exactly as they were left.
+            host.restore()?;
+            let stored = host.list()?;
+            for (name, path) in examples {
+                // An example already in the store keeps its state (it may
+                // have been rolled back or unloaded on purpose).
+                if stored.iter().all(|m| m.index.name != name) {
+                    host.load_file(&name, &path)?;
+                }
+            }
+            // Models named on the command line are served as given (the
+            // version holding these bytes is re-activated if it exists).
             for (name, path) in models {
                 host.load_file(&name, &path)?;
             }
@@ -135,6 +305,15 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             if local.created { "generated" } else { "using" },
             ca_path.display(),
             ca_path.display()
+        );
+    }
+    if let Some(created) = token_created {
+        let path = std::fs::canonicalize(&token_path).unwrap_or(token_path);
+        println!(
+            "{} admin token: {} (for `airlock push`: export AIRLOCK_ADMIN_TOKEN=$(cat {}))",
+            if created { "generated" } else { "using" },
+            path.display(),
+            path.display()
         );
     }
     for (name, _) in host.registry().entries() {

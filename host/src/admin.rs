@@ -1,0 +1,242 @@
+//! The repository (admin) API, aligned with the Triton/KServe repository
+//! extension where it has an equivalent:
+//!
+//! | method | path | |
+//! |---|---|---|
+//! | POST | `/v2/repository/index` | every stored model and version |
+//! | POST | `/v2/repository/models/{name}/load` | serve a stored model again |
+//! | POST | `/v2/repository/models/{name}/unload` | stop serving it (it stays stored) |
+//! | POST | `/v2/repository/models/{name}/versions[?activate=true]` | upload an `application/wasm` body as a new version |
+//! | POST | `/v2/repository/models/{name}/versions/{version}/activate` | make a version active |
+//! | POST | `/v2/repository/models/{name}/rollback` | re-activate the previous version |
+//! | DELETE | `/v2/repository/models/{name}/versions/{version}` | delete a version that is not active |
+//!
+//! Every route needs `Authorization: Bearer <admin token>`: 401 without it,
+//! 403 with a wrong one. Tokens are compared in constant time.
+
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{DefaultBodyLimit, FromRequestParts, Path, Query, State};
+use axum::http::request::Parts;
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{delete, post};
+use axum::{Json, Router};
+use bytes::Bytes;
+use serde::Deserialize;
+use serde_json::json;
+use sha2::{Digest as _, Sha256};
+
+use crate::api::{ApiError, AppState, run_blocking};
+
+/// The repository routes; uploads may be up to `max_upload_bytes`.
+pub(crate) fn routes(max_upload_bytes: usize) -> Router<AppState> {
+    Router::new()
+        .route("/v2/repository/index", post(index))
+        .route("/v2/repository/models/{name}/load", post(load))
+        .route("/v2/repository/models/{name}/unload", post(unload))
+        .route(
+            "/v2/repository/models/{name}/versions",
+            post(upload).layer(DefaultBodyLimit::max(max_upload_bytes)),
+        )
+        .route(
+            "/v2/repository/models/{name}/versions/{version}/activate",
+            post(activate),
+        )
+        .route("/v2/repository/models/{name}/rollback", post(rollback))
+        .route(
+            "/v2/repository/models/{name}/versions/{version}",
+            delete(delete_version),
+        )
+}
+
+/// Proof that the request carried the admin token.
+pub(crate) struct Admin;
+
+impl FromRequestParts<AppState> for Admin {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let Some(expected) = state.host.config().admin_token.as_deref() else {
+            return Err(ApiError::Forbidden(
+                "the repository API is disabled: no admin token is configured".into(),
+            ));
+        };
+        let Some(value) = parts.headers.get(header::AUTHORIZATION) else {
+            return Err(ApiError::Unauthorized(
+                "the repository API needs `Authorization: Bearer <token>`".into(),
+            ));
+        };
+        let presented = value
+            .to_str()
+            .ok()
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .ok_or_else(|| ApiError::Unauthorized("expected a Bearer token".into()))?;
+        if tokens_match(presented.trim(), expected) {
+            Ok(Admin)
+        } else {
+            Err(ApiError::Forbidden("wrong admin token".into()))
+        }
+    }
+}
+
+/// Compares two tokens in time that depends on neither: both are hashed to
+/// fixed-length digests, which are compared without an early exit.
+fn tokens_match(presented: &str, expected: &str) -> bool {
+    let a = Sha256::digest(presented.as_bytes());
+    let b = Sha256::digest(expected.as_bytes());
+    let diff = a
+        .iter()
+        .zip(b.iter())
+        .fold(0u8, |acc, (x, y)| acc | (x ^ y));
+    std::hint::black_box(diff) == 0
+}
+
+async fn index(
+    _: Admin,
+    State(state): State<AppState>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let host = state.host.clone();
+    let models = run_blocking(move || host.list()).await??;
+    let mut rows = Vec::new();
+    for status in models {
+        let index = status.index;
+        for record in &index.versions {
+            let active = index.active.as_deref() == Some(record.version.as_str());
+            let (state, reason) = if status.serving {
+                ("READY", "")
+            } else {
+                ("UNAVAILABLE", "unloaded")
+            };
+            rows.push(json!({
+                "name": index.name,
+                "version": record.version,
+                "state": state,
+                "reason": reason,
+                "active": active,
+                "sha256": record.sha256,
+                "size": record.size,
+                "uploaded_unix": record.uploaded_unix,
+                "model_version": record.model_version,
+            }));
+        }
+    }
+    Ok(Json(serde_json::Value::Array(rows)))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct UploadQuery {
+    #[serde(default)]
+    activate: bool,
+}
+
+async fn upload(
+    _: Admin,
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+    query: Result<Query<UploadQuery>, axum::extract::rejection::QueryRejection>,
+    headers: axum::http::HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let Query(query) = query.map_err(|e| ApiError::BadRequest(e.body_text()))?;
+    let content_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    if !content_type.starts_with("application/wasm")
+        && !content_type.starts_with("application/octet-stream")
+    {
+        return Err(ApiError::UnsupportedMediaType(
+            "upload the component as the body with content-type application/wasm".into(),
+        ));
+    }
+    let body = body?;
+    let host = state.host.clone();
+    let report = run_blocking(move || host.upload(&name, &body, query.activate)).await??;
+    let status = if report.created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    Ok((
+        status,
+        Json(json!({
+            "name": report.name,
+            "version": report.version,
+            "sha256": report.sha256,
+            "created": report.created,
+            "active": report.active,
+            "compiled": report.cache == crate::engine::CacheOutcome::Compiled,
+            "elapsed_ms": report.elapsed.as_secs_f64() * 1e3,
+        })),
+    )
+        .into_response())
+}
+
+async fn activate(
+    _: Admin,
+    State(state): State<AppState>,
+    Path((name, version)): Path<(String, String)>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let host = state.host.clone();
+    let (n, v) = (name.clone(), version.clone());
+    run_blocking(move || host.activate(&n, &v)).await??;
+    Ok(Json(json!({ "name": name, "active": version })))
+}
+
+async fn rollback(
+    _: Admin,
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let host = state.host.clone();
+    let n = name.clone();
+    let version = run_blocking(move || host.rollback(&n)).await??;
+    Ok(Json(json!({ "name": name, "active": version })))
+}
+
+async fn delete_version(
+    _: Admin,
+    State(state): State<AppState>,
+    Path((name, version)): Path<(String, String)>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let host = state.host.clone();
+    let (n, v) = (name.clone(), version.clone());
+    run_blocking(move || host.delete_version(&n, &v)).await??;
+    Ok(Json(json!({ "name": name, "deleted": version })))
+}
+
+async fn load(
+    _: Admin,
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let host = state.host.clone();
+    let n = name.clone();
+    run_blocking(move || host.load_model(&n)).await??;
+    Ok(Json(json!({ "name": name, "loaded": true })))
+}
+
+async fn unload(
+    _: Admin,
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let host = state.host.clone();
+    let n = name.clone();
+    run_blocking(move || host.unload(&n)).await??;
+    Ok(Json(json!({ "name": name, "loaded": false })))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::tokens_match;
+
+    #[test]
+    fn token_comparison() {
+        assert!(tokens_match("secret", "secret"));
+        assert!(!tokens_match("secret", "secreT"));
+        assert!(!tokens_match("", "secret"));
+        assert!(!tokens_match("secret-and-more", "secret"));
+    }
+}

@@ -1,0 +1,138 @@
+//! The client side of the repository API, for `airlock push`, `models`,
+//! `activate` and `rollback`.
+
+use std::io::Read;
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::Context as _;
+
+/// A repository API client for one server.
+pub struct Client {
+    http: reqwest::blocking::Client,
+    server: String,
+    token: String,
+}
+
+impl Client {
+    /// A client for `server` (an https URL) that trusts the public web PKI
+    /// plus `cacert` when given, and authenticates with `token`.
+    pub fn new(server: &str, cacert: Option<&Path>, token: String) -> anyhow::Result<Self> {
+        let mut roots = rustls::RootCertStore::empty();
+        roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+        if let Some(path) = cacert {
+            let pem = std::fs::read(path)
+                .with_context(|| format!("failed to read {}", path.display()))?;
+            for cert in rustls_pemfile::certs(&mut pem.as_slice()) {
+                roots
+                    .add(cert.with_context(|| format!("bad certificate in {}", path.display()))?)
+                    .with_context(|| format!("unusable certificate in {}", path.display()))?;
+            }
+        }
+        let tls = rustls::ClientConfig::builder_with_provider(crate::tls::provider())
+            .with_safe_default_protocol_versions()?
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        let http = reqwest::blocking::Client::builder()
+            .use_preconfigured_tls(tls)
+            .https_only(true)
+            .timeout(Duration::from_secs(600))
+            .build()
+            .context("failed to build the HTTP client")?;
+        Ok(Self {
+            http,
+            server: server.trim_end_matches('/').to_owned(),
+            token,
+        })
+    }
+
+    fn send(
+        &self,
+        request: reqwest::blocking::RequestBuilder,
+    ) -> anyhow::Result<serde_json::Value> {
+        let response = request
+            .bearer_auth(&self.token)
+            .send()
+            .with_context(|| format!("failed to reach {}", self.server))?;
+        let status = response.status();
+        let body: serde_json::Value = response.json().with_context(|| {
+            format!("the server answered {status} with a body that is not JSON")
+        })?;
+        if !status.is_success() {
+            let message = body["error"].as_str().unwrap_or("no message");
+            anyhow::bail!("the server refused ({status}): {message}");
+        }
+        Ok(body)
+    }
+
+    /// Uploads `wasm` as a new version of `name`, calling `progress(sent,
+    /// total)` as the body goes out.
+    pub fn push(
+        &self,
+        name: &str,
+        wasm: Vec<u8>,
+        activate: bool,
+        progress: impl FnMut(u64, u64) + Send + 'static,
+    ) -> anyhow::Result<serde_json::Value> {
+        let total = wasm.len() as u64;
+        let body = reqwest::blocking::Body::sized(
+            Progress {
+                data: std::io::Cursor::new(wasm),
+                total,
+                report: Box::new(progress),
+            },
+            total,
+        );
+        let url = format!(
+            "{}/v2/repository/models/{name}/versions?activate={activate}",
+            self.server
+        );
+        self.send(
+            self.http
+                .post(url)
+                .header("content-type", "application/wasm")
+                .body(body),
+        )
+    }
+
+    /// Every stored model version.
+    pub fn models(&self) -> anyhow::Result<serde_json::Value> {
+        self.send(
+            self.http
+                .post(format!("{}/v2/repository/index", self.server)),
+        )
+    }
+
+    /// Makes `version` the active version of `name`.
+    pub fn activate(&self, name: &str, version: &str) -> anyhow::Result<serde_json::Value> {
+        self.send(self.http.post(format!(
+            "{}/v2/repository/models/{name}/versions/{version}/activate",
+            self.server
+        )))
+    }
+
+    /// Re-activates the previously active version of `name`.
+    pub fn rollback(&self, name: &str) -> anyhow::Result<serde_json::Value> {
+        self.send(self.http.post(format!(
+            "{}/v2/repository/models/{name}/rollback",
+            self.server
+        )))
+    }
+}
+
+/// A reader that reports how much of it has been read.
+struct Progress {
+    data: std::io::Cursor<Vec<u8>>,
+    total: u64,
+    report: Box<dyn FnMut(u64, u64) + Send>,
+}
+
+impl Read for Progress {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        // Small reads so that progress moves smoothly.
+        let limit = buf.len().min(64 << 10);
+        let n = self.data.read(&mut buf[..limit])?;
+        (self.report)(self.data.position(), self.total);
+        Ok(n)
+    }
+}

@@ -1,0 +1,334 @@
+//! Model lifecycle: upload, activate, roll back, delete, load, unload.
+//!
+//! Everything is validated (compiled, linked, `metadata()` answered within
+//! the deadline) before anything is stored. Then the blob is written, then
+//! the index, each atomically; only then is the registry swapped. A crash at
+//! any point leaves the previous state serving after a restart.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use crate::Host;
+use crate::engine::{CacheOutcome, sha256_hex};
+use crate::model::{LoadError, LoadedModel};
+use crate::store::{ModelIndex, VersionRecord};
+
+/// Why a repository operation failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum RepoError {
+    /// The upload is not an acceptable model (400).
+    #[error(transparent)]
+    Invalid(#[from] LoadError),
+    /// A bad argument, such as an invalid name (400).
+    #[error("{0}")]
+    BadRequest(String),
+    /// No such model or version (404).
+    #[error("{0}")]
+    NotFound(String),
+    /// The operation conflicts with the current state (409).
+    #[error("{0}")]
+    Conflict(String),
+    /// Reading or writing the store failed (500).
+    #[error("storage error: {0:#}")]
+    Storage(#[from] anyhow::Error),
+}
+
+/// What an upload did.
+#[derive(Debug, Clone)]
+pub struct UploadReport {
+    /// The model name.
+    pub name: String,
+    /// The version assigned (or the existing one, for identical bytes).
+    pub version: String,
+    /// sha256 of the component.
+    pub sha256: String,
+    /// Whether a new version was created (false: these bytes were already
+    /// stored as `version`).
+    pub created: bool,
+    /// Whether the version is now the active one.
+    pub active: bool,
+    /// Whether compiling was needed or the artifact was cached.
+    pub cache: CacheOutcome,
+    /// Time from bytes to serving.
+    pub elapsed: Duration,
+}
+
+/// One model's state, for listings.
+#[derive(Debug, Clone)]
+pub struct ModelStatus {
+    /// The stored index.
+    pub index: ModelIndex,
+    /// Whether it is being served now.
+    pub serving: bool,
+}
+
+impl Host {
+    fn lock(&self) -> std::sync::MutexGuard<'_, ()> {
+        self.write_lock.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Uploads `wasm` as a new version of `name`. The version is made active
+    /// when `activate` is set or when it is the model's first.
+    pub fn upload(
+        &self,
+        name: &str,
+        wasm: &[u8],
+        activate: bool,
+    ) -> Result<UploadReport, RepoError> {
+        let started = std::time::Instant::now();
+        crate::validate_model_name(name).map_err(RepoError::BadRequest)?;
+        if wasm.is_empty() {
+            return Err(RepoError::BadRequest("the upload is empty".into()));
+        }
+        let digest = sha256_hex(wasm);
+
+        // Identical bytes already stored: nothing to compile or write.
+        if let Some(index) = self.store.read_index(name)?
+            && let Some(existing) = index.versions.iter().find(|v| v.sha256 == digest)
+        {
+            let version = existing.version.clone();
+            let active = if activate {
+                self.activate(name, &version)?;
+                true
+            } else {
+                index.active.as_deref() == Some(version.as_str())
+            };
+            return Ok(UploadReport {
+                name: name.to_owned(),
+                version,
+                sha256: digest,
+                created: false,
+                active,
+                cache: CacheOutcome::Hit,
+                elapsed: started.elapsed(),
+            });
+        }
+
+        // Validate fully, outside the lock: this may compile for seconds.
+        // The version number is only a label here; it is fixed under the lock.
+        let had_artifact = self.cache.contains(&digest);
+        let probe = LoadedModel::load(
+            &self.runtime,
+            &self.cache,
+            name,
+            "0",
+            wasm,
+            self.config.limits,
+        );
+        let (probe, report) = match probe {
+            Ok(ok) => ok,
+            Err(error) => {
+                if !had_artifact {
+                    self.cache.remove(&digest);
+                }
+                return Err(error.into());
+            }
+        };
+
+        let _guard = self.lock();
+        let mut index = self
+            .store
+            .read_index(name)?
+            .unwrap_or_else(|| ModelIndex::new(name));
+        let version = index.next_version.to_string();
+        self.store.put_blob(wasm)?;
+        index.next_version += 1;
+        index.versions.push(VersionRecord {
+            version: version.clone(),
+            sha256: digest.clone(),
+            size: wasm.len() as u64,
+            uploaded_unix: SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0),
+            model_version: probe.metadata().version.clone(),
+        });
+        let make_active = activate || index.active.is_none();
+        if make_active {
+            index.activate(&version);
+        }
+        self.store.write_index(&index)?;
+        let model = Arc::new(probe.relabel(&version));
+        if index.loaded {
+            self.registry.insert(model, make_active);
+        }
+        tracing::info!(
+            model = name,
+            version = %version,
+            sha256 = %digest,
+            active = make_active,
+            cache = ?report.cache,
+            ms = started.elapsed().as_secs_f64() * 1e3,
+            "model version uploaded"
+        );
+        Ok(UploadReport {
+            name: name.to_owned(),
+            version,
+            sha256: digest,
+            created: true,
+            active: make_active,
+            cache: report.cache,
+            elapsed: started.elapsed(),
+        })
+    }
+
+    /// Makes `version` the active version of `name`.
+    pub fn activate(&self, name: &str, version: &str) -> Result<(), RepoError> {
+        let _guard = self.lock();
+        let mut index = self.existing_index(name)?;
+        if index.version(version).is_none() {
+            return Err(RepoError::NotFound(format!(
+                "model {name:?} has no version {version:?}"
+            )));
+        }
+        index.activate(version);
+        self.store.write_index(&index)?;
+        self.publish(&index)?;
+        Ok(())
+    }
+
+    /// Re-activates the previously active version of `name`; returns it.
+    pub fn rollback(&self, name: &str) -> Result<String, RepoError> {
+        let _guard = self.lock();
+        let mut index = self.existing_index(name)?;
+        let Some(version) = index.rollback() else {
+            return Err(RepoError::Conflict(format!(
+                "model {name:?} has no previous version to roll back to"
+            )));
+        };
+        self.store.write_index(&index)?;
+        self.publish(&index)?;
+        Ok(version)
+    }
+
+    /// Deletes a version that is not active.
+    pub fn delete_version(&self, name: &str, version: &str) -> Result<(), RepoError> {
+        let _guard = self.lock();
+        let mut index = self.existing_index(name)?;
+        let Some(record) = index.version(version).cloned() else {
+            return Err(RepoError::NotFound(format!(
+                "model {name:?} has no version {version:?}"
+            )));
+        };
+        if index.active.as_deref() == Some(version) {
+            return Err(RepoError::Conflict(format!(
+                "version {version:?} of {name:?} is active; activate another version first"
+            )));
+        }
+        index.versions.retain(|v| v.version != version);
+        index.history.retain(|v| v != version);
+        self.store.write_index(&index)?;
+        self.publish(&index)?;
+        if !self.store.list()?.iter().any(|other| {
+            self.store
+                .read_index(other)
+                .ok()
+                .flatten()
+                .is_some_and(|i| i.versions.iter().any(|v| v.sha256 == record.sha256))
+        }) {
+            self.store.delete_blob(&record.sha256)?;
+        }
+        Ok(())
+    }
+
+    /// Stops serving `name` (it stays stored; `load` serves it again).
+    pub fn unload(&self, name: &str) -> Result<(), RepoError> {
+        let _guard = self.lock();
+        let mut index = self.existing_index(name)?;
+        index.loaded = false;
+        self.store.write_index(&index)?;
+        self.registry.replace(name, Vec::new(), None);
+        Ok(())
+    }
+
+    /// Serves `name` again from the store.
+    pub fn load_model(&self, name: &str) -> Result<(), RepoError> {
+        let _guard = self.lock();
+        let mut index = self.existing_index(name)?;
+        index.loaded = true;
+        self.publish(&index)?;
+        self.store.write_index(&index)?;
+        Ok(())
+    }
+
+    /// Every stored model and whether it is served.
+    pub fn list(&self) -> Result<Vec<ModelStatus>, RepoError> {
+        let mut all = Vec::new();
+        for name in self.store.list()? {
+            if let Some(index) = self.store.read_index(&name)? {
+                let serving = self.registry.entry(&name).is_some();
+                all.push(ModelStatus { index, serving });
+            }
+        }
+        Ok(all)
+    }
+
+    /// Serves every loaded model of the store, as it was left. Returns the
+    /// names served.
+    pub fn restore(&self) -> Result<Vec<String>, RepoError> {
+        let _guard = self.lock();
+        let mut served = Vec::new();
+        for name in self.store.list()? {
+            let Some(index) = self.store.read_index(&name)? else {
+                continue;
+            };
+            if index.loaded && index.active.is_some() {
+                self.publish(&index)?;
+                served.push(name);
+            }
+        }
+        Ok(served)
+    }
+
+    fn existing_index(&self, name: &str) -> Result<ModelIndex, RepoError> {
+        crate::validate_model_name(name).map_err(RepoError::BadRequest)?;
+        self.store
+            .read_index(name)?
+            .ok_or_else(|| RepoError::NotFound(format!("unknown model {name:?}")))
+    }
+
+    /// Makes the registry match `index`: every version loaded (reusing the
+    /// ones already in memory), the active one answering by default.
+    fn publish(&self, index: &ModelIndex) -> Result<(), RepoError> {
+        if !index.loaded {
+            self.registry.replace(&index.name, Vec::new(), None);
+            return Ok(());
+        }
+        let current = self.registry.entry(&index.name);
+        let mut models = Vec::with_capacity(index.versions.len());
+        for record in &index.versions {
+            let loaded = current
+                .as_ref()
+                .and_then(|e| e.versions.get(&record.version))
+                .filter(|m| m.digest() == record.sha256)
+                .cloned();
+            let model = match loaded {
+                Some(model) => model,
+                None => {
+                    let wasm = self.store.get_blob(&record.sha256)?;
+                    let (model, _) = LoadedModel::load(
+                        &self.runtime,
+                        &self.cache,
+                        &index.name,
+                        &record.version,
+                        &wasm,
+                        self.config.limits,
+                    )
+                    .map_err(|e| {
+                        RepoError::Storage(anyhow::anyhow!(
+                            "stored version {} of {:?} no longer loads: {e}",
+                            record.version,
+                            index.name
+                        ))
+                    })?;
+                    Arc::new(model)
+                }
+            };
+            models.push(model);
+        }
+        self.registry
+            .replace(&index.name, models, index.active.as_deref());
+        Ok(())
+    }
+}

@@ -1,0 +1,259 @@
+//! The model store on the filesystem.
+//!
+//! ```text
+//! <root>/blobs/sha256/<hex>.wasm                 uploaded bytes, immutable, content-addressed
+//! <root>/artifacts/<engine-hash>/<hex>.cwasm     compiled by this host (see engine::ArtifactCache)
+//! <root>/models/<name>/index.json                versions, digests, active pointer, history
+//! ```
+//!
+//! Every write is a temp file, fsync, rename (and an fsync of the
+//! directory), so a crash leaves the previous file whole. A version exists
+//! once its index entry does; its blob is always written first.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::Context as _;
+use serde::{Deserialize, Serialize};
+
+use crate::engine::{sha256_hex, write_atomic};
+
+/// The persisted state of one model name.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelIndex {
+    /// The model name.
+    pub name: String,
+    /// Versions, oldest first.
+    pub versions: Vec<VersionRecord>,
+    /// The version that answers unversioned requests.
+    pub active: Option<String>,
+    /// Previously active versions, most recent last (for rollback).
+    #[serde(default)]
+    pub history: Vec<String>,
+    /// Whether the model is served (`unload` clears it, `load` sets it).
+    pub loaded: bool,
+    /// The number the next upload gets as its version.
+    pub next_version: u64,
+}
+
+/// One stored version.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VersionRecord {
+    /// The version string (assigned by the server: "1", "2", …).
+    pub version: String,
+    /// sha256 of the component bytes (lowercase hex).
+    pub sha256: String,
+    /// Size of the component in bytes.
+    pub size: u64,
+    /// Upload time, seconds since the Unix epoch.
+    pub uploaded_unix: u64,
+    /// The version string the model declares in its own metadata.
+    pub model_version: String,
+}
+
+impl ModelIndex {
+    /// A fresh index for `name`.
+    pub fn new(name: &str) -> Self {
+        Self {
+            name: name.to_owned(),
+            versions: Vec::new(),
+            active: None,
+            history: Vec::new(),
+            loaded: true,
+            next_version: 1,
+        }
+    }
+
+    /// The record of `version`.
+    pub fn version(&self, version: &str) -> Option<&VersionRecord> {
+        self.versions.iter().find(|v| v.version == version)
+    }
+
+    /// Makes `version` the active one, remembering the previous.
+    pub fn activate(&mut self, version: &str) {
+        if self.active.as_deref() == Some(version) {
+            return;
+        }
+        if let Some(previous) = self.active.replace(version.to_owned()) {
+            self.history.push(previous);
+        }
+    }
+
+    /// Goes back to the most recent previously active version that still
+    /// exists; returns it.
+    pub fn rollback(&mut self) -> Option<String> {
+        while let Some(previous) = self.history.pop() {
+            if self.version(&previous).is_some() && self.active.as_deref() != Some(&previous) {
+                self.active = Some(previous.clone());
+                return Some(previous);
+            }
+        }
+        None
+    }
+}
+
+/// The filesystem store.
+#[derive(Debug, Clone)]
+pub struct FsStore {
+    root: PathBuf,
+}
+
+impl FsStore {
+    /// A store rooted at `root` (created on first write).
+    pub fn new(root: impl Into<PathBuf>) -> Self {
+        Self { root: root.into() }
+    }
+
+    /// The root directory.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    fn blob_path(&self, digest: &str) -> PathBuf {
+        self.root
+            .join("blobs/sha256")
+            .join(format!("{digest}.wasm"))
+    }
+
+    fn index_path(&self, name: &str) -> PathBuf {
+        self.root.join("models").join(name).join("index.json")
+    }
+
+    /// Stores `bytes` under their sha256 and returns it. Idempotent.
+    pub fn put_blob(&self, bytes: &[u8]) -> anyhow::Result<String> {
+        let digest = sha256_hex(bytes);
+        let path = self.blob_path(&digest);
+        if path.exists() && self.get_blob(&digest).is_ok() {
+            return Ok(digest);
+        }
+        std::fs::create_dir_all(path.parent().expect("blob path has a parent"))?;
+        write_atomic(&path, bytes)
+            .with_context(|| format!("failed to write {}", path.display()))?;
+        Ok(digest)
+    }
+
+    /// Reads the blob `digest`, checking that its bytes still hash to it.
+    pub fn get_blob(&self, digest: &str) -> anyhow::Result<Vec<u8>> {
+        check_digest(digest)?;
+        let path = self.blob_path(digest);
+        let bytes =
+            std::fs::read(&path).with_context(|| format!("failed to read {}", path.display()))?;
+        anyhow::ensure!(
+            sha256_hex(&bytes) == digest,
+            "{} is corrupt: its digest does not match its name",
+            path.display()
+        );
+        Ok(bytes)
+    }
+
+    /// Removes the blob `digest` (when no version refers to it any more).
+    pub fn delete_blob(&self, digest: &str) -> anyhow::Result<()> {
+        check_digest(digest)?;
+        match std::fs::remove_file(self.blob_path(digest)) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e.into()),
+            _ => Ok(()),
+        }
+    }
+
+    /// The index of `name`, if the model exists.
+    pub fn read_index(&self, name: &str) -> anyhow::Result<Option<ModelIndex>> {
+        crate::validate_model_name(name).map_err(anyhow::Error::msg)?;
+        let path = self.index_path(name);
+        let bytes = match std::fs::read(&path) {
+            Ok(bytes) => bytes,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(e).with_context(|| format!("failed to read {}", path.display())),
+        };
+        let index: ModelIndex = serde_json::from_slice(&bytes)
+            .with_context(|| format!("{} is not a valid model index", path.display()))?;
+        anyhow::ensure!(index.name == name, "{} names another model", path.display());
+        Ok(Some(index))
+    }
+
+    /// Writes the index of its model atomically.
+    pub fn write_index(&self, index: &ModelIndex) -> anyhow::Result<()> {
+        crate::validate_model_name(&index.name).map_err(anyhow::Error::msg)?;
+        let path = self.index_path(&index.name);
+        std::fs::create_dir_all(path.parent().expect("index path has a parent"))?;
+        let json = serde_json::to_vec_pretty(index)?;
+        write_atomic(&path, &json).with_context(|| format!("failed to write {}", path.display()))
+    }
+
+    /// Names of all stored models, sorted.
+    pub fn list(&self) -> anyhow::Result<Vec<String>> {
+        let dir = self.root.join("models");
+        let entries = match std::fs::read_dir(&dir) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(e).with_context(|| format!("failed to list {}", dir.display())),
+        };
+        let mut names = Vec::new();
+        for entry in entries {
+            let name = entry?.file_name().to_string_lossy().into_owned();
+            // Leftovers that are not model names (editor files, temp files) are skipped.
+            if crate::validate_model_name(&name).is_ok() && self.index_path(&name).exists() {
+                names.push(name);
+            }
+        }
+        names.sort();
+        Ok(names)
+    }
+}
+
+fn check_digest(digest: &str) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        digest.len() == 64
+            && digest
+                .bytes()
+                .all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')),
+        "not a sha256 hex digest: {digest:?}"
+    );
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn index_round_trips_and_rolls_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = FsStore::new(dir.path());
+        assert_eq!(store.read_index("m").unwrap(), None);
+        let mut index = ModelIndex::new("m");
+        for v in ["1", "2", "3"] {
+            index.versions.push(VersionRecord {
+                version: v.into(),
+                sha256: "0".repeat(64),
+                size: 1,
+                uploaded_unix: 0,
+                model_version: "x".into(),
+            });
+            index.activate(v);
+        }
+        store.write_index(&index).unwrap();
+        let mut back = store.read_index("m").unwrap().unwrap();
+        assert_eq!(back, index);
+        assert_eq!(back.rollback().as_deref(), Some("2"));
+        back.versions.retain(|v| v.version != "1");
+        assert_eq!(
+            back.rollback(),
+            None,
+            "version 1 is gone, nothing to go back to"
+        );
+        assert_eq!(store.list().unwrap(), vec!["m".to_owned()]);
+    }
+
+    #[test]
+    fn blobs_are_verified_on_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = FsStore::new(dir.path());
+        let digest = store.put_blob(b"hello").unwrap();
+        assert_eq!(store.get_blob(&digest).unwrap(), b"hello");
+        std::fs::write(store.blob_path(&digest), b"tampered").unwrap();
+        assert!(store.get_blob(&digest).is_err());
+        assert!(store.get_blob("../../etc/passwd").is_err());
+        assert!(store.read_index("../evil").is_err());
+    }
+}

@@ -229,7 +229,7 @@ fn push_models_activate_and_rollback_from_the_command_line() {
     };
     let (ok, text) = cli(&[
         "push",
-        airlock_artifacts::DIGITS_ONNX,
+        airlock_artifacts::MISBEHAVE,
         "--name",
         "digits",
         "--activate",

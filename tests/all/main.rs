@@ -2,6 +2,7 @@
 //! One test binary, so everything links once.
 
 mod accuracy;
+mod cache;
 mod errors;
 mod protocol;
 mod repository;

@@ -95,8 +95,7 @@ async fn index(
     _: Admin,
     State(state): State<AppState>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    let host = state.host.clone();
-    let models = run_blocking(move || host.list()).await??;
+    let models = on_host(&state, |host| host.list()).await?;
     let mut rows = Vec::new();
     for status in models {
         let index = status.index;
@@ -151,8 +150,10 @@ async fn upload(
         ));
     }
     let body = body?;
-    let host = state.host.clone();
-    let report = run_blocking(move || host.upload(&name, &body, query.activate)).await??;
+    let report = on_host(&state, move |host| {
+        host.upload(&name, &body, query.activate)
+    })
+    .await?;
     let status = if report.created {
         StatusCode::CREATED
     } else {
@@ -173,15 +174,23 @@ async fn upload(
         .into_response())
 }
 
+/// Runs a repository operation off the async executor.
+async fn on_host<T: Send + 'static>(
+    state: &AppState,
+    op: impl FnOnce(&crate::Host) -> Result<T, crate::RepoError> + Send + 'static,
+) -> Result<T, ApiError> {
+    let host = state.host.clone();
+    Ok(run_blocking(move || op(&host)).await??)
+}
+
 async fn activate(
     _: Admin,
     State(state): State<AppState>,
     Path((name, version)): Path<(String, String)>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    let host = state.host.clone();
-    let (n, v) = (name.clone(), version.clone());
-    run_blocking(move || host.activate(&n, &v)).await??;
-    Ok(Json(json!({ "name": name, "active": version })))
+    let reply = json!({ "name": name, "active": version });
+    on_host(&state, move |host| host.activate(&name, &version)).await?;
+    Ok(Json(reply))
 }
 
 async fn rollback(
@@ -189,9 +198,8 @@ async fn rollback(
     State(state): State<AppState>,
     Path(name): Path<String>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    let host = state.host.clone();
     let n = name.clone();
-    let version = run_blocking(move || host.rollback(&n)).await??;
+    let version = on_host(&state, move |host| host.rollback(&n)).await?;
     Ok(Json(json!({ "name": name, "active": version })))
 }
 
@@ -200,10 +208,9 @@ async fn delete_version(
     State(state): State<AppState>,
     Path((name, version)): Path<(String, String)>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    let host = state.host.clone();
-    let (n, v) = (name.clone(), version.clone());
-    run_blocking(move || host.delete_version(&n, &v)).await??;
-    Ok(Json(json!({ "name": name, "deleted": version })))
+    let reply = json!({ "name": name, "deleted": version });
+    on_host(&state, move |host| host.delete_version(&name, &version)).await?;
+    Ok(Json(reply))
 }
 
 async fn load(
@@ -211,10 +218,9 @@ async fn load(
     State(state): State<AppState>,
     Path(name): Path<String>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    let host = state.host.clone();
-    let n = name.clone();
-    run_blocking(move || host.load_model(&n)).await??;
-    Ok(Json(json!({ "name": name, "loaded": true })))
+    let reply = json!({ "name": name, "loaded": true });
+    on_host(&state, move |host| host.load_model(&name)).await?;
+    Ok(Json(reply))
 }
 
 async fn unload(
@@ -222,10 +228,9 @@ async fn unload(
     State(state): State<AppState>,
     Path(name): Path<String>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    let host = state.host.clone();
-    let n = name.clone();
-    run_blocking(move || host.unload(&n)).await??;
-    Ok(Json(json!({ "name": name, "loaded": false })))
+    let reply = json!({ "name": name, "loaded": false });
+    on_host(&state, move |host| host.unload(&name)).await?;
+    Ok(Json(reply))
 }
 
 #[cfg(test)]

@@ -149,9 +149,14 @@ async fn upload(
             "upload the component as the body with content-type application/wasm".into(),
         ));
     }
+    let signature = headers
+        .get(crate::signing::SIGNATURE_HEADER)
+        .map(|v| v.to_str().map(str::to_owned))
+        .transpose()
+        .map_err(|_| ApiError::BadRequest("the signature header is not text".into()))?;
     let body = body?;
     let report = on_host(&state, move |host| {
-        host.upload(&name, &body, query.activate)
+        host.upload_signed(&name, &body, query.activate, signature.as_deref())
     })
     .await?;
     let status = if report.created {

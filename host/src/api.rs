@@ -118,6 +118,7 @@ impl From<crate::RepoError> for ApiError {
             RepoError::BadRequest(m) => ApiError::BadRequest(m),
             RepoError::NotFound(m) => ApiError::NotFound(m),
             RepoError::Conflict(m) => ApiError::Conflict(m),
+            RepoError::Signature(e) => ApiError::Forbidden(format!("upload refused: {e}")),
             RepoError::Storage(e) => ApiError::Internal(e),
         }
     }

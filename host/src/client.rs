@@ -72,6 +72,7 @@ impl Client {
         name: &str,
         wasm: Vec<u8>,
         activate: bool,
+        signature: Option<&str>,
         progress: impl FnMut(u64, u64) + Send + 'static,
     ) -> anyhow::Result<serde_json::Value> {
         let total = wasm.len() as u64;
@@ -87,12 +88,14 @@ impl Client {
             "{}/v2/repository/models/{name}/versions?activate={activate}",
             self.server
         );
-        self.send(
-            self.http
-                .post(url)
-                .header("content-type", "application/wasm")
-                .body(body),
-        )
+        let mut request = self
+            .http
+            .post(url)
+            .header("content-type", "application/wasm");
+        if let Some(signature) = signature {
+            request = request.header(crate::signing::SIGNATURE_HEADER, signature.trim());
+        }
+        self.send(request.body(body))
     }
 
     /// Every stored model version.

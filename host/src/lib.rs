@@ -26,6 +26,7 @@ pub mod oip;
 pub mod registry;
 pub mod repository;
 pub mod server;
+pub mod signing;
 pub mod store;
 pub mod tls;
 
@@ -59,6 +60,10 @@ pub struct HostConfig {
     /// Bearer token of the repository (admin) API; the API refuses every
     /// request when unset.
     pub admin_token: Option<String>,
+    /// Public keys whose upload signatures are accepted.
+    pub trusted_keys: signing::TrustedKeys,
+    /// Refuse uploads without a signature from a trusted key.
+    pub require_signatures: bool,
 }
 
 impl HostConfig {
@@ -73,6 +78,8 @@ impl HostConfig {
             max_body_bytes: 16 << 20,
             max_upload_bytes: 64 << 20,
             admin_token: None,
+            trusted_keys: signing::TrustedKeys::default(),
+            require_signatures: false,
         }
     }
 }
@@ -171,6 +178,12 @@ pub fn ensure_admin_token(path: &Path) -> anyhow::Result<(String, bool)> {
     }
     tls::write_private(path, token.as_bytes())?;
     Ok((token, true))
+}
+
+/// Writes `bytes` to `path` atomically, readable by the owner only (keys,
+/// tokens).
+pub fn write_private_file(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
+    tls::write_private(path, bytes)
 }
 
 /// Model names: 1 to 64 characters of `a-z 0-9 . _ -`, starting with a

@@ -29,6 +29,9 @@ pub enum RepoError {
     /// The operation conflicts with the current state (409).
     #[error("{0}")]
     Conflict(String),
+    /// The upload's signature is missing or not from a trusted key (403).
+    #[error(transparent)]
+    Signature(#[from] crate::signing::SignatureError),
     /// Reading or writing the store failed (500).
     #[error("storage error: {0:#}")]
     Storage(#[from] anyhow::Error),
@@ -76,11 +79,32 @@ impl Host {
         wasm: &[u8],
         activate: bool,
     ) -> Result<UploadReport, RepoError> {
+        self.upload_signed(name, wasm, activate, None)
+    }
+
+    /// Like [`Host::upload`], with a detached signature (hex). The signature
+    /// is checked before anything is compiled or stored: required when the
+    /// configuration says so, and checked whenever trusted keys exist.
+    pub fn upload_signed(
+        &self,
+        name: &str,
+        wasm: &[u8],
+        activate: bool,
+        signature: Option<&str>,
+    ) -> Result<UploadReport, RepoError> {
         let started = std::time::Instant::now();
         crate::validate_model_name(name).map_err(RepoError::BadRequest)?;
         if wasm.is_empty() {
             return Err(RepoError::BadRequest("the upload is empty".into()));
         }
+        let keys = &self.config.trusted_keys;
+        let signed_by = match signature {
+            Some(signature) if !keys.is_empty() => Some(keys.verify(wasm, signature)?),
+            None if self.config.require_signatures => {
+                return Err(crate::signing::SignatureError::Missing.into());
+            }
+            _ => None,
+        };
         let digest = sha256_hex(wasm);
 
         // Identical bytes already stored: nothing to compile or write.
@@ -143,6 +167,7 @@ impl Host {
                 .map(|d| d.as_secs())
                 .unwrap_or(0),
             model_version: probe.metadata().version.clone(),
+            signed_by,
         });
         let make_active = activate || index.active.is_none();
         if make_active {

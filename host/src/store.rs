@@ -50,6 +50,9 @@ pub struct VersionRecord {
     pub uploaded_unix: u64,
     /// The version string the model declares in its own metadata.
     pub model_version: String,
+    /// The trusted public key (hex) whose signature the upload carried.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signed_by: Option<String>,
 }
 
 impl ModelIndex {
@@ -229,6 +232,7 @@ mod tests {
                 size: 1,
                 uploaded_unix: 0,
                 model_version: "x".into(),
+                signed_by: None,
             });
             index.activate(v);
         }

@@ -259,3 +259,45 @@ fn push_models_activate_and_rollback_from_the_command_line() {
     assert!(text.contains("not WebAssembly"), "{text}");
     assert!(terminate(running).success());
 }
+
+#[test]
+fn keygen_and_sign_produce_a_signature_the_server_side_accepts() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = |args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_airlock"))
+            .args(args)
+            .current_dir(dir.path())
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    run(&["keygen", "--out", "team"]);
+    let model = dir.path().join("model.wasm");
+    std::fs::copy(airlock_artifacts::DIGITS, &model).unwrap();
+    run(&["sign", "model.wasm", "--key", "team.key"]);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        let mode = std::fs::metadata(dir.path().join("team.key"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o077, 0, "the secret key is readable by others");
+    }
+    let public = std::fs::read_to_string(dir.path().join("team.pub")).unwrap();
+    let keys = airlock::signing::TrustedKeys::from_hex([public.as_str()]).unwrap();
+    let signature = std::fs::read_to_string(dir.path().join("model.wasm.sig")).unwrap();
+    let wasm = std::fs::read(&model).unwrap();
+    assert_eq!(keys.verify(&wasm, &signature), Ok(public.trim().to_owned()));
+    // keygen never overwrites a key.
+    let again = Command::new(env!("CARGO_BIN_EXE_airlock"))
+        .args(["keygen", "--out", "team"])
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    assert!(!again.status.success());
+}

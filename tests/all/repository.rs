@@ -418,3 +418,111 @@ fn a_restart_brings_back_the_same_state() {
         "unloaded models stay stored"
     );
 }
+
+#[tokio::test]
+async fn signatures_are_checked_before_anything_is_compiled_or_stored() {
+    use airlock::signing::{self, SignatureError, TrustedKeys};
+    use tower::ServiceExt as _;
+
+    let dir = tempfile::tempdir().unwrap();
+    let (secret, public) = signing::generate().unwrap();
+    let (stranger, _) = signing::generate().unwrap();
+    let mut config = test_config(dir.path());
+    // Its own artifact dir, to see that a refused upload compiled nothing.
+    config.artifacts_dir = Some(dir.path().join("artifacts"));
+    config.trusted_keys = TrustedKeys::from_hex([public.as_str()]).unwrap();
+    config.require_signatures = true;
+    let host = airlock::Host::new(config).unwrap();
+    let digits = wasm(airlock_artifacts::DIGITS);
+    let digest = airlock::engine::sha256_hex(&digits);
+    let nothing_left = |host: &airlock::Host| {
+        assert!(host.list().unwrap().is_empty());
+        assert!(
+            !dir.path()
+                .join(format!("blobs/sha256/{digest}.wasm"))
+                .exists()
+        );
+        let compiled = walk(&dir.path().join("artifacts"));
+        assert!(
+            compiled.is_empty(),
+            "a refused upload was compiled: {compiled:?}"
+        );
+    };
+
+    let unsigned = host.upload("signed", &digits, true).unwrap_err();
+    assert!(
+        matches!(
+            unsigned,
+            airlock::RepoError::Signature(SignatureError::Missing)
+        ),
+        "{unsigned}"
+    );
+    nothing_left(&host);
+    let wrong = signing::sign(&stranger, &digits).unwrap();
+    let refused = host
+        .upload_signed("signed", &digits, true, Some(&wrong))
+        .unwrap_err();
+    assert!(
+        matches!(
+            refused,
+            airlock::RepoError::Signature(SignatureError::Untrusted)
+        ),
+        "{refused}"
+    );
+    nothing_left(&host);
+    // A signature over other bytes does not carry over.
+    let other = signing::sign(&secret, b"other bytes").unwrap();
+    assert!(
+        host.upload_signed("signed", &digits, true, Some(&other))
+            .is_err()
+    );
+    nothing_left(&host);
+
+    // Over HTTP the refusal is a 403 with the reason.
+    let request = |signature: Option<&str>| {
+        let mut builder =
+            axum::http::Request::post("/v2/repository/models/signed/versions?activate=true")
+                .header("authorization", format!("Bearer {ADMIN_TOKEN}"))
+                .header("content-type", "application/wasm");
+        if let Some(signature) = signature {
+            builder = builder.header(signing::SIGNATURE_HEADER, signature);
+        }
+        builder
+            .body(axum::body::Body::from(digits.clone()))
+            .unwrap()
+    };
+    let response = host.router().oneshot(request(Some(&wrong))).await.unwrap();
+    assert_eq!(response.status(), 403);
+    let body = axum::body::to_bytes(response.into_body(), 1 << 20)
+        .await
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&body).contains("does not verify"),
+        "{body:?}"
+    );
+    nothing_left(&host);
+
+    let good = signing::sign(&secret, &digits).unwrap();
+    let response = host.router().oneshot(request(Some(&good))).await.unwrap();
+    assert_eq!(response.status(), 201);
+    let listed = host.list().unwrap();
+    assert_eq!(
+        listed[0].index.versions[0].signed_by.as_deref(),
+        Some(public.as_str())
+    );
+}
+
+fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut files = Vec::new();
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for entry in entries.flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                files.extend(walk(&path));
+            } else {
+                files.push(path);
+            }
+        }
+    }
+    files
+}

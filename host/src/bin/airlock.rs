@@ -32,8 +32,26 @@ enum Command {
         /// Make the new version the active one.
         #[arg(long)]
         activate: bool,
+        /// Detached signature file (from `airlock sign`); `<FILE>.sig` is
+        /// used when it exists and this is not given.
+        #[arg(long)]
+        signature: Option<PathBuf>,
         #[command(flatten)]
         remote: Remote,
+    },
+    /// Generate an ed25519 key pair for signing models.
+    Keygen {
+        /// Where to write `<NAME>.key` (secret, mode 0600) and `<NAME>.pub`.
+        #[arg(long, default_value = "airlock-signing")]
+        out: PathBuf,
+    },
+    /// Sign a model component: writes `<FILE>.sig`.
+    Sign {
+        /// The component to sign.
+        file: PathBuf,
+        /// The secret key file from `airlock keygen`.
+        #[arg(long)]
+        key: PathBuf,
     },
     /// List stored models and their versions.
     Models {
@@ -121,6 +139,17 @@ struct ServeArgs {
     /// Largest model upload, in bytes.
     #[arg(long, env = "AIRLOCK_MAX_UPLOAD_BYTES", default_value_t = 64 << 20)]
     max_upload_bytes: usize,
+    /// Public key file (hex, from `airlock keygen`) whose upload signatures
+    /// are accepted (repeatable).
+    #[arg(
+        long = "trusted-key",
+        env = "AIRLOCK_TRUSTED_KEYS",
+        value_delimiter = ','
+    )]
+    trusted_keys: Vec<PathBuf>,
+    /// Refuse uploads that are not signed by a trusted key.
+    #[arg(long, env = "AIRLOCK_REQUIRE_SIGNATURES", requires = "trusted_keys")]
+    require_signatures: bool,
     /// Bearer token of the repository API. Default: read from (or generated
     /// into) <data-dir>/admin-token.
     #[arg(long, env = "AIRLOCK_ADMIN_TOKEN", hide_env_values = true)]
@@ -144,8 +173,11 @@ fn main() -> std::process::ExitCode {
             file,
             name,
             activate,
+            signature,
             remote,
-        } => push(&file, &name, activate, remote),
+        } => push(&file, &name, activate, signature, remote),
+        Command::Keygen { out } => keygen(&out),
+        Command::Sign { file, key } => sign(&file, &key),
         Command::Models { remote } => models(remote),
         Command::Activate {
             name,
@@ -169,8 +201,21 @@ fn main() -> std::process::ExitCode {
     }
 }
 
-fn push(file: &std::path::Path, name: &str, activate: bool, remote: Remote) -> anyhow::Result<()> {
+fn push(
+    file: &std::path::Path,
+    name: &str,
+    activate: bool,
+    signature: Option<PathBuf>,
+    remote: Remote,
+) -> anyhow::Result<()> {
     let wasm = std::fs::read(file).with_context(|| format!("failed to read {}", file.display()))?;
+    let signature = match signature {
+        Some(path) => Some(
+            std::fs::read_to_string(&path)
+                .with_context(|| format!("failed to read {}", path.display()))?,
+        ),
+        None => std::fs::read_to_string(sig_path(file)).ok(),
+    };
     let client = remote.client()?;
     let bar = indicatif::ProgressBar::new(wasm.len() as u64);
     bar.set_style(
@@ -182,9 +227,13 @@ fn push(file: &std::path::Path, name: &str, activate: bool, remote: Remote) -> a
     );
     bar.set_message(format!("uploading {}", file.display()));
     let progress = bar.clone();
-    let result = client.push(name, wasm, activate, move |sent, _| {
-        progress.set_position(sent)
-    });
+    let result = client.push(
+        name,
+        wasm,
+        activate,
+        signature.as_deref(),
+        move |sent, _| progress.set_position(sent),
+    );
     bar.finish_and_clear();
     let body = result?;
     let version = body["version"].as_str().unwrap_or("?");
@@ -201,6 +250,45 @@ fn push(file: &std::path::Path, name: &str, activate: bool, remote: Remote) -> a
     } else {
         println!("{name}: these bytes are already version {version} ({state})");
     }
+    Ok(())
+}
+
+fn sig_path(file: &std::path::Path) -> PathBuf {
+    let mut path = file.as_os_str().to_owned();
+    path.push(".sig");
+    PathBuf::from(path)
+}
+
+fn keygen(out: &std::path::Path) -> anyhow::Result<()> {
+    let (secret, public) = airlock::signing::generate()?;
+    let key = out.with_extension("key");
+    let public_path = out.with_extension("pub");
+    anyhow::ensure!(
+        !key.exists(),
+        "{} exists; not overwriting a key",
+        key.display()
+    );
+    airlock::write_private_file(&key, secret.as_bytes())?;
+    std::fs::write(&public_path, format!("{public}\n"))
+        .with_context(|| format!("failed to write {}", public_path.display()))?;
+    println!("secret key: {} (keep it private)", key.display());
+    println!(
+        "public key: {} (give it to servers: airlock serve --trusted-key {})",
+        public_path.display(),
+        public_path.display()
+    );
+    Ok(())
+}
+
+fn sign(file: &std::path::Path, key: &std::path::Path) -> anyhow::Result<()> {
+    let wasm = std::fs::read(file).with_context(|| format!("failed to read {}", file.display()))?;
+    let secret = std::fs::read_to_string(key)
+        .with_context(|| format!("failed to read {}", key.display()))?;
+    let signature = airlock::signing::sign(&secret, &wasm)?;
+    let out = sig_path(file);
+    std::fs::write(&out, format!("{signature}\n"))
+        .with_context(|| format!("failed to write {}", out.display()))?;
+    println!("signature: {}", out.display());
     Ok(())
 }
 
@@ -230,6 +318,8 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     config.limits.deadline = Duration::from_millis(args.deadline_ms);
     config.max_body_bytes = args.max_body_bytes;
     config.max_upload_bytes = args.max_upload_bytes;
+    config.trusted_keys = airlock::signing::TrustedKeys::from_files(&args.trusted_keys)?;
+    config.require_signatures = args.require_signatures;
     let token_path = args.data_dir.join("admin-token");
     let token_created = match args.admin_token.clone() {
         Some(token) => {

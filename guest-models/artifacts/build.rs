@@ -1,5 +1,6 @@
-//! Builds the guest workspace in `guest-models/` for `wasm32-wasip2` and
-//! writes the paths of the components to `$OUT_DIR/artifacts.rs`.
+//! Builds the guest workspace in `guest-models/` for `wasm32-wasip2` (the
+//! components) and its WASI preview 1 commands for `wasm32-wasip1`, and
+//! writes their paths to `$OUT_DIR/artifacts.rs`.
 //!
 //! The guests are built by a child `cargo build --release` into one fixed
 //! directory, `<target>/wasm-guests`, so that every build of the host (debug
@@ -15,6 +16,9 @@ use std::process::{Command, Stdio};
 
 /// The guests' target: `cargo build` links a `cdylib` into a component.
 const TARGET: &str = "wasm32-wasip2";
+
+/// The target of the core-module commands.
+const COMMAND_TARGET: &str = "wasm32-wasip1";
 
 /// A guest crate of `guest-models/` and the constant that names its path.
 struct Guest {
@@ -70,6 +74,15 @@ const GUESTS: &[Guest] = &[
     },
 ];
 
+/// WASI preview 1 command guests (core modules, binaries), built for
+/// [`COMMAND_TARGET`]. Each comes with an `airlock.toml` manifest.
+const COMMANDS: &[Guest] = &[Guest {
+    constant: "DIGITS_WASIP1",
+    package: "digits-wasip1",
+    doc: "The `digits-wasip1` model: the digits MLP as a WASI preview 1 command \
+          (a core module reading the request JSON on stdin), built for wasm32-wasip1.",
+}];
+
 fn main() {
     let manifest_dir = PathBuf::from(
         env::var_os("CARGO_MANIFEST_DIR").expect("CARGO_MANIFEST_DIR is set by cargo"),
@@ -83,13 +96,22 @@ fn main() {
     let out_dir = PathBuf::from(env::var_os("OUT_DIR").expect("OUT_DIR is set by cargo"));
 
     rerun_if_changed(guests_dir, repo_dir);
-    ensure_target_installed();
+    ensure_target_installed(TARGET);
+    ensure_target_installed(COMMAND_TARGET);
 
     let target_dir = shared_target_dir(&out_dir).join("wasm-guests");
-    build_guests(guests_dir, &target_dir);
+    let mut components = vec!["--workspace".to_owned()];
+    for command in COMMANDS {
+        components.extend(["--exclude".to_owned(), command.package.to_owned()]);
+    }
+    build_guests(guests_dir, &target_dir, TARGET, &components);
+    let mut commands = Vec::new();
+    for command in COMMANDS {
+        commands.extend(["-p".to_owned(), command.package.to_owned()]);
+    }
+    build_guests(guests_dir, &target_dir, COMMAND_TARGET, &commands);
 
-    let release_dir = target_dir.join(TARGET).join("release");
-    let code = constants(&release_dir);
+    let code = constants(&target_dir, guests_dir);
     let path = out_dir.join("artifacts.rs");
     if let Err(error) = fs::write(&path, code) {
         panic!("failed to write {}: {error}", path.display());
@@ -106,10 +128,13 @@ fn rerun_if_changed(guests_dir: &Path, repo_dir: &Path) {
         guests_dir.join("data"),
         repo_dir.join("wit"),
     ];
-    for guest in GUESTS {
+    for guest in GUESTS.iter().chain(COMMANDS) {
         let crate_dir = guests_dir.join(guest.package);
         paths.push(crate_dir.join("Cargo.toml"));
         paths.push(crate_dir.join("src"));
+    }
+    for command in COMMANDS {
+        paths.push(guests_dir.join(command.package).join("airlock.toml"));
     }
     for path in paths {
         println!("cargo::rerun-if-changed={}", path.display());
@@ -121,29 +146,29 @@ fn rerun_if_changed(guests_dir: &Path, repo_dir: &Path) {
 /// installs listed targets with the toolchain itself), so, when rustup is
 /// there, this adds it once, saying so; otherwise it fails with the fix
 /// rather than leaving the reader to decode `can't find crate for std`.
-fn ensure_target_installed() {
-    if target_installed() {
+fn ensure_target_installed(target: &str) {
+    if target_installed(target) {
         return;
     }
-    println!("cargo:warning=installing the {TARGET} target with rustup (needed by guest-models/)");
+    println!("cargo:warning=installing the {target} target with rustup (needed by guest-models/)");
     let mut rustup = Command::new("rustup");
-    rustup.args(["target", "add", TARGET]);
+    rustup.args(["target", "add", target]);
     if let Ok(toolchain) = env::var("RUSTUP_TOOLCHAIN") {
         rustup.args(["--toolchain", &toolchain]);
     }
     let added = rustup.status().is_ok_and(|status| status.success());
-    if !added || !target_installed() {
+    if !added || !target_installed(target) {
         panic!(
-            "the Rust standard library for {TARGET} is not installed, and the guest \
-             components in guest-models/ need it: run `rustup target add {TARGET}`"
+            "the Rust standard library for {target} is not installed, and the guest \
+             components in guest-models/ need it: run `rustup target add {target}`"
         );
     }
 }
 
-fn target_installed() -> bool {
+fn target_installed(target: &str) -> bool {
     let rustc = env::var_os("RUSTC").unwrap_or_else(|| "rustc".into());
     let Ok(output) = Command::new(rustc)
-        .args(["--print", "target-libdir", "--target", TARGET])
+        .args(["--print", "target-libdir", "--target", target])
         .output()
     else {
         // Let the guest build report whatever is wrong with rustc.
@@ -176,8 +201,9 @@ fn shared_target_dir(out_dir: &Path) -> &Path {
     }
 }
 
-/// Runs `cargo build --release --target wasm32-wasip2` on the guest workspace.
-fn build_guests(guests_dir: &Path, target_dir: &Path) {
+/// Runs `cargo build --release --target <target> <packages>` on the guest
+/// workspace.
+fn build_guests(guests_dir: &Path, target_dir: &Path, target: &str, packages: &[String]) {
     let cargo = env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let mut command = Command::new(cargo);
     command
@@ -185,7 +211,9 @@ fn build_guests(guests_dir: &Path, target_dir: &Path) {
         // from the manifest's: guest-models/.cargo/config.toml applies only
         // when cargo runs in guest-models/.
         .current_dir(guests_dir)
-        .args(["build", "--release", "--target", TARGET, "--manifest-path"])
+        .args(["build", "--release", "--target", target])
+        .args(packages)
+        .arg("--manifest-path")
         .arg(guests_dir.join("Cargo.toml"));
 
     // Cargo hands this script the settings of the host build. Those that
@@ -241,10 +269,11 @@ fn leaks_into_guest_build(key: &str) -> bool {
         || key.starts_with("CARGO_PROFILE_") // profile overrides
 }
 
-/// Generates the path constants, checking that every component was built.
-fn constants(release_dir: &Path) -> String {
+/// Generates the path constants, checking that every guest was built.
+fn constants(target_dir: &Path, guests_dir: &Path) -> String {
     let mut code = String::new();
     let mut all = String::new();
+    let release_dir = target_dir.join(TARGET).join("release");
     for guest in GUESTS {
         let file = release_dir.join(format!("{}.wasm", guest.package.replace('-', "_")));
         if !file.is_file() {
@@ -264,5 +293,33 @@ fn constants(release_dir: &Path) -> String {
     )
     .unwrap();
     write!(code, "pub const ALL: &[(&str, &str)] = &[\n{all}];\n").unwrap();
+
+    let release_dir = target_dir.join(COMMAND_TARGET).join("release");
+    for command in COMMANDS {
+        let file = release_dir.join(format!("{}.wasm", command.package));
+        let manifest = guests_dir.join(command.package).join("airlock.toml");
+        for path in [&file, &manifest] {
+            if !path.is_file() {
+                panic!("{} is missing after the guest build", path.display());
+            }
+        }
+        let (Some(file), Some(manifest)) = (file.to_str(), manifest.to_str()) else {
+            panic!("the guest paths are not UTF-8");
+        };
+        writeln!(code, "/// {}", command.doc).unwrap();
+        writeln!(code, "pub const {}: &str = {file:?};", command.constant).unwrap();
+        writeln!(
+            code,
+            "/// The manifest (`airlock.toml`) of [`{}`].",
+            command.constant
+        )
+        .unwrap();
+        writeln!(
+            code,
+            "pub const {}_MANIFEST: &str = {manifest:?};",
+            command.constant
+        )
+        .unwrap();
+    }
     code
 }

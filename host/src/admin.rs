@@ -6,7 +6,7 @@
 //! | POST | `/v2/repository/index` | every stored model and version |
 //! | POST | `/v2/repository/models/{name}/load` | serve a stored model again |
 //! | POST | `/v2/repository/models/{name}/unload` | stop serving it (it stays stored) |
-//! | POST | `/v2/repository/models/{name}/versions[?activate=true]` | upload an `application/wasm` body as a new version |
+//! | POST | `/v2/repository/models/{name}/versions[?activate=true]` | upload a new version: an `application/wasm` body, or `multipart/form-data` with parts `model`, `manifest` (TOML/JSON, see [`crate::manifest`]) and `signature` |
 //! | POST | `/v2/repository/models/{name}/versions/{version}/activate` | make a version active |
 //! | POST | `/v2/repository/models/{name}/rollback` | re-activate the previous version |
 //! | DELETE | `/v2/repository/models/{name}/versions/{version}` | delete a version that is not active |
@@ -14,8 +14,9 @@
 //! Every route needs `Authorization: Bearer <admin token>`: 401 without it,
 //! 403 with a wrong one. Tokens are compared in constant time.
 
-use axum::extract::rejection::BytesRejection;
-use axum::extract::{DefaultBodyLimit, FromRequestParts, Path, Query, State};
+use axum::extract::{
+    DefaultBodyLimit, FromRequest as _, FromRequestParts, Multipart, Path, Query, State,
+};
 use axum::http::request::Parts;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -26,7 +27,9 @@ use serde::Deserialize;
 use serde_json::json;
 use sha2::{Digest as _, Sha256};
 
+use crate::Upload;
 use crate::api::{ApiError, AppState, run_blocking};
+use crate::manifest::Manifest;
 
 /// The repository routes; uploads may be up to `max_upload_bytes`.
 pub(crate) fn routes(max_upload_bytes: usize) -> Router<AppState> {
@@ -134,29 +137,57 @@ async fn upload(
     State(state): State<AppState>,
     Path(name): Path<String>,
     query: Result<Query<UploadQuery>, axum::extract::rejection::QueryRejection>,
-    headers: axum::http::HeaderMap,
-    body: Result<Bytes, BytesRejection>,
+    request: axum::extract::Request,
 ) -> Result<Response, ApiError> {
     let Query(query) = query.map_err(|e| ApiError::BadRequest(e.body_text()))?;
+    let headers = request.headers().clone();
     let content_type = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .unwrap_or("");
-    if !content_type.starts_with("application/wasm")
-        && !content_type.starts_with("application/octet-stream")
-    {
-        return Err(ApiError::UnsupportedMediaType(
-            "upload the component as the body with content-type application/wasm".into(),
-        ));
-    }
-    let signature = headers
+    let mut signature = headers
         .get(crate::signing::SIGNATURE_HEADER)
         .map(|v| v.to_str().map(str::to_owned))
         .transpose()
         .map_err(|_| ApiError::BadRequest("the signature header is not text".into()))?;
-    let body = body?;
+    let (wasm, manifest) = if content_type.starts_with("multipart/form-data") {
+        let form = read_form(
+            Multipart::from_request(request, &state)
+                .await
+                .map_err(|e| {
+                    ApiError::BadRequest(format!("malformed multipart upload: {}", e.body_text()))
+                })?,
+        )
+        .await?;
+        if form.signature.is_some() {
+            signature = form.signature;
+        }
+        (form.model, form.manifest)
+    } else if content_type.starts_with("application/wasm")
+        || content_type.starts_with("application/octet-stream")
+    {
+        (Bytes::from_request(request, &state).await?, None)
+    } else {
+        return Err(ApiError::UnsupportedMediaType(
+            "upload the component as the body with content-type application/wasm, or as \
+             multipart/form-data with a `model` part and an optional `manifest` part"
+                .into(),
+        ));
+    };
+    let manifest = manifest
+        .map(|text| Manifest::parse(&text))
+        .transpose()
+        .map_err(|e| ApiError::BadRequest(format!("upload refused: {e}")))?;
     let report = on_host(&state, move |host| {
-        host.upload_signed(&name, &body, query.activate, signature.as_deref())
+        host.upload_with(
+            &name,
+            Upload {
+                wasm: &wasm,
+                manifest: manifest.as_ref(),
+                activate: query.activate,
+                signature: signature.as_deref(),
+            },
+        )
     })
     .await?;
     let status = if report.created {
@@ -177,6 +208,51 @@ async fn upload(
         })),
     )
         .into_response())
+}
+
+/// The parts of a multipart upload.
+struct UploadForm {
+    model: Bytes,
+    manifest: Option<Bytes>,
+    signature: Option<String>,
+}
+
+async fn read_form(mut form: Multipart) -> Result<UploadForm, ApiError> {
+    let bad = |e: axum::extract::multipart::MultipartError| {
+        ApiError::BadRequest(format!("malformed multipart upload: {}", e.body_text()))
+    };
+    let (mut model, mut manifest, mut signature) = (None, None, None);
+    while let Some(field) = form.next_field().await.map_err(bad)? {
+        let name = field.name().unwrap_or("").to_owned();
+        let slot = match name.as_str() {
+            "model" => &mut model,
+            "manifest" => &mut manifest,
+            "signature" => &mut signature,
+            other => {
+                return Err(ApiError::BadRequest(format!(
+                    "unexpected multipart field {other:?}; expected `model`, `manifest`, `signature`"
+                )));
+            }
+        };
+        if slot.is_some() {
+            return Err(ApiError::BadRequest(format!(
+                "multipart field {name:?} appears twice"
+            )));
+        }
+        *slot = Some(field.bytes().await.map_err(bad)?);
+    }
+    let model = model
+        .ok_or_else(|| ApiError::BadRequest("the multipart upload has no `model` part".into()))?;
+    let signature = signature
+        .map(|b| String::from_utf8(b.to_vec()))
+        .transpose()
+        .map_err(|_| ApiError::BadRequest("the signature part is not text".into()))?
+        .map(|s| s.trim().to_owned());
+    Ok(UploadForm {
+        model,
+        manifest,
+        signature,
+    })
 }
 
 /// Runs a repository operation off the async executor.

@@ -16,7 +16,7 @@ use std::sync::Arc;
 
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{DefaultBodyLimit, Path, State};
-use axum::http::{HeaderValue, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -40,9 +40,7 @@ pub struct AppState {
     pub host: crate::Host,
     /// The models.
     pub registry: Arc<Registry>,
-    /// Bounds on inference requests.
-    pub request_limits: RequestLimits,
-    /// Largest request body, in bytes.
+    /// Largest request body, in bytes (each model's policy may set less).
     pub max_body_bytes: usize,
 }
 
@@ -99,6 +97,14 @@ pub enum ApiError {
         /// What happened.
         failure: GuestFailure,
     },
+    /// 503: the model already runs as many requests as its policy allows.
+    #[error("model {model:?} is at its limit of {limit} concurrent requests; retry later")]
+    Busy {
+        /// The model.
+        model: String,
+        /// Its `max_concurrency`.
+        limit: u32,
+    },
     /// 500: a bug or an I/O error on our side (the detail is logged).
     #[error("internal error")]
     Internal(#[source] anyhow::Error),
@@ -114,6 +120,7 @@ impl From<crate::RepoError> for ApiError {
     fn from(e: crate::RepoError) -> Self {
         use crate::RepoError;
         match e {
+            RepoError::Invalid(e) if !e.is_input_fault() => ApiError::Internal(e.into()),
             RepoError::Invalid(e) => ApiError::BadRequest(format!("upload refused: {e}")),
             RepoError::BadRequest(m) => ApiError::BadRequest(m),
             RepoError::NotFound(m) => ApiError::NotFound(m),
@@ -150,6 +157,7 @@ impl ApiError {
             ApiError::ModelFailed { .. } | ApiError::Internal(_) => {
                 StatusCode::INTERNAL_SERVER_ERROR
             }
+            ApiError::Busy { .. } => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Sandbox { failure, .. } => match failure {
                 GuestFailure::Deadline(_) => StatusCode::GATEWAY_TIMEOUT,
                 GuestFailure::MemoryCap(_) => StatusCode::INSUFFICIENT_STORAGE,
@@ -162,6 +170,7 @@ impl ApiError {
     fn kind(&self) -> Option<&'static str> {
         match self {
             ApiError::ModelFailed { .. } => Some("model-error"),
+            ApiError::Busy { .. } => Some("busy"),
             ApiError::Sandbox { failure, .. } => Some(match failure {
                 GuestFailure::Deadline(_) => "deadline",
                 GuestFailure::MemoryCap(_) => "memory",
@@ -272,7 +281,7 @@ async fn live() -> Json<serde_json::Value> {
 async fn ready(State(state): State<AppState>) -> Response {
     // Models are loaded before the listener opens, so a serving process is
     // ready once it has a model.
-    let ready = !state.registry.entries().is_empty();
+    let ready = !state.registry.is_empty();
     let status = if ready {
         StatusCode::OK
     } else {
@@ -310,7 +319,6 @@ fn metadata_json(state: &AppState, model: &LoadedModel) -> serde_json::Value {
         .map(|e| e.versions.keys().cloned().collect())
         .unwrap_or_default();
     let meta = model.metadata();
-    let limits = model.limits();
     json!({
         "name": model.name(),
         "versions": versions,
@@ -320,10 +328,8 @@ fn metadata_json(state: &AppState, model: &LoadedModel) -> serde_json::Value {
         "airlock": {
             "version": model.version(),
             "sha256": model.digest(),
-            "limits": {
-                "memory_bytes": limits.memory_bytes,
-                "deadline_ms": limits.deadline.as_millis(),
-            },
+            "kind": model.kind(),
+            "policy": model.policy().to_json(),
         },
     })
 }
@@ -365,32 +371,95 @@ async fn model_version_ready(
 async fn infer(
     State(state): State<AppState>,
     Path(name): Path<String>,
+    headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     let model = lookup(&state, &name, None)?;
-    run_infer(&state, model, body?).await
+    run_infer(model, &headers, body).await
 }
 
 async fn infer_version(
     State(state): State<AppState>,
     Path((name, version)): Path<(String, String)>,
+    headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     let model = lookup(&state, &name, Some(&version))?;
-    run_infer(&state, model, body?).await
+    run_infer(model, &headers, body).await
+}
+
+/// Checks the caller's API key against the model's policy: any caller when
+/// the policy lists no keys; else `Authorization: Bearer <key>` (or
+/// `x-api-key`) whose sha256 is listed. Compared without early exit.
+fn authorize(model: &LoadedModel, headers: &HeaderMap) -> Result<(), ApiError> {
+    let allowed = &model.policy().api_keys;
+    if allowed.is_empty() {
+        return Ok(());
+    }
+    let presented = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .or_else(|| headers.get("x-api-key").and_then(|v| v.to_str().ok()))
+        .map(str::trim);
+    let Some(presented) = presented else {
+        return Err(ApiError::Unauthorized(format!(
+            "model {:?} needs an API key: `Authorization: Bearer <key>`",
+            model.name()
+        )));
+    };
+    let hashed = crate::manifest::hash_key(presented);
+    let mut matched = false;
+    for key in allowed {
+        let diff = key
+            .bytes()
+            .zip(hashed.bytes())
+            .fold((key.len() ^ hashed.len()) as u8, |acc, (a, b)| {
+                acc | (a ^ b)
+            });
+        matched |= std::hint::black_box(diff) == 0;
+    }
+    if matched {
+        Ok(())
+    } else {
+        Err(ApiError::Forbidden(format!(
+            "this API key may not call model {:?}",
+            model.name()
+        )))
+    }
 }
 
 async fn run_infer(
-    state: &AppState,
     model: Arc<LoadedModel>,
-    body: Bytes,
+    headers: &HeaderMap,
+    body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    let request = oip::parse_infer_request(&body, model.metadata(), &state.request_limits)?;
+    authorize(&model, headers)?;
+    let body = body?;
+    let policy = model.policy();
+    if body.len() > policy.max_request_bytes {
+        return Err(ApiError::PayloadTooLarge(format!(
+            "the request body is over model {:?}'s limit of {} bytes",
+            model.name(),
+            policy.max_request_bytes
+        )));
+    }
+    let Some(admission) = model.try_admit() else {
+        return Err(ApiError::Busy {
+            model: model.name().to_owned(),
+            limit: policy.max_concurrency.unwrap_or(u32::MAX),
+        });
+    };
+    let limits = RequestLimits {
+        max_elements: policy.max_elements,
+    };
+    let request = oip::parse_infer_request(&body, model.metadata(), &limits)?;
     drop(body);
     let (request, outcome) = {
         let model = Arc::clone(&model);
         run_blocking(move || {
             let outcome = model.infer(&request);
+            drop(admission);
             (request, outcome)
         })
         .await?

@@ -65,16 +65,22 @@ impl Client {
         Ok(body)
     }
 
-    /// Uploads `wasm` as a new version of `name`, calling `progress(sent,
-    /// total)` as the body goes out.
+    /// Uploads `wasm` as a new version of `name`, with `manifest` (the text
+    /// of a policy manifest) when given, calling `progress(sent, total)` as
+    /// the body goes out.
     pub fn push(
         &self,
         name: &str,
         wasm: Vec<u8>,
+        manifest: Option<&[u8]>,
         activate: bool,
         signature: Option<&str>,
         progress: impl FnMut(u64, u64) + Send + 'static,
     ) -> anyhow::Result<serde_json::Value> {
+        let (content_type, wasm) = match manifest {
+            None => ("application/wasm".to_owned(), wasm),
+            Some(manifest) => multipart(wasm, manifest),
+        };
         let total = wasm.len() as u64;
         let body = reqwest::blocking::Body::sized(
             Progress {
@@ -88,10 +94,7 @@ impl Client {
             "{}/v2/repository/models/{name}/versions?activate={activate}",
             self.server
         );
-        let mut request = self
-            .http
-            .post(url)
-            .header("content-type", "application/wasm");
+        let mut request = self.http.post(url).header("content-type", content_type);
         if let Some(signature) = signature {
             request = request.header(crate::signing::SIGNATURE_HEADER, signature.trim());
         }
@@ -121,6 +124,37 @@ impl Client {
             self.server
         )))
     }
+}
+
+/// A `multipart/form-data` body with the parts `model` and `manifest`, and
+/// its content type. Built in memory so that the progress bar covers it.
+fn multipart(wasm: Vec<u8>, manifest: &[u8]) -> (String, Vec<u8>) {
+    // A boundary that cannot occur in either part: derived from their
+    // digest, and checked.
+    let mut boundary = format!("airlock-{}", &crate::engine::sha256_hex(&wasm)[..32]);
+    while contains(&wasm, boundary.as_bytes()) || contains(manifest, boundary.as_bytes()) {
+        boundary.push('x');
+    }
+    let mut body = Vec::with_capacity(wasm.len() + manifest.len() + 512);
+    let mut part = |name: &str, content_type: &str, bytes: &[u8]| {
+        body.extend_from_slice(
+            format!(
+                "--{boundary}\r\ncontent-disposition: form-data; name=\"{name}\"; \
+                 filename=\"{name}\"\r\ncontent-type: {content_type}\r\n\r\n"
+            )
+            .as_bytes(),
+        );
+        body.extend_from_slice(bytes);
+        body.extend_from_slice(b"\r\n");
+    };
+    part("model", "application/wasm", &wasm);
+    part("manifest", "text/plain", manifest);
+    body.extend_from_slice(format!("--{boundary}--\r\n").as_bytes());
+    (format!("multipart/form-data; boundary={boundary}"), body)
+}
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle)
 }
 
 /// A reader that reports how much of it has been read.

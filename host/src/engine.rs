@@ -15,7 +15,10 @@ use wasmtime::component::{Component, Linker, ResourceTable};
 use wasmtime::{
     Config, Engine, InstanceAllocationStrategy, OptLevel, PoolingAllocationConfig, Store, Trap,
 };
+use wasmtime_wasi::p1::WasiP1Ctx;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+
+use crate::compile::{ArtifactKind, CompileError, Compiler};
 
 /// How often the epoch ticker advances the engine's epoch. Deadlines are
 /// counted in these ticks, so this is their resolution.
@@ -105,10 +108,22 @@ struct TableCapExceeded {
     desired: usize,
 }
 
-/// What each store holds: an empty WASI context and the limiter.
+/// What each component store holds: an empty WASI context and the limiter.
 pub struct SandboxState {
     wasi: WasiCtx,
     table: ResourceTable,
+    caps: Caps,
+}
+
+/// What each store of a WASI preview 1 command holds: its WASI context
+/// (in-memory stdin and stdout, nothing else) and the limiter.
+pub struct CommandState {
+    wasi: WasiP1Ctx,
+    caps: Caps,
+}
+
+/// The memory and table caps of one store.
+struct Caps {
     limits: Limits,
 }
 
@@ -121,7 +136,7 @@ impl WasiView for SandboxState {
     }
 }
 
-impl wasmtime::ResourceLimiter for SandboxState {
+impl wasmtime::ResourceLimiter for Caps {
     fn memory_growing(
         &mut self,
         _current: usize,
@@ -195,12 +210,21 @@ impl wasmtime_wasi::HostMonotonicClock for FrozenClock {
 pub struct Runtime {
     engine: Engine,
     linker: Arc<Linker<SandboxState>>,
+    command_linker: Arc<wasmtime::Linker<CommandState>>,
     compat_hash: Arc<str>,
+    config: EngineConfig,
+    compiler: Compiler,
 }
 
 impl Runtime {
-    /// Builds the engine and the linker and starts the epoch ticker.
+    /// Builds the engine and the linker and starts the epoch ticker;
+    /// compiles in process (for trusted bytes; see [`Runtime::with_compiler`]).
     pub fn new(config: &EngineConfig) -> anyhow::Result<Self> {
+        Self::with_compiler(config, Compiler::InProcess)
+    }
+
+    /// Like [`Runtime::new`], compiling with `compiler`.
+    pub fn with_compiler(config: &EngineConfig, compiler: Compiler) -> anyhow::Result<Self> {
         let mut pool = PoolingAllocationConfig::default();
         pool.total_component_instances(config.max_instances)
             .total_core_instances(config.max_instances * 8)
@@ -219,18 +243,15 @@ impl Runtime {
             .linear_memory_keep_resident(2 << 20)
             .table_keep_resident(64 << 10);
 
-        let mut wasm = Config::new();
-        wasm.wasm_component_model(true)
-            .epoch_interruption(true)
-            .max_wasm_stack(config.max_wasm_stack)
-            .cranelift_opt_level(OptLevel::Speed)
-            .memory_init_cow(true)
-            .parallel_compilation(true)
-            .allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+        let mut wasm = wasm_config(config);
+        wasm.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
         let engine = Engine::new(&wasm).map_err(anyhow::Error::from)?;
 
         let mut linker = Linker::<SandboxState>::new(&engine);
         wasmtime_wasi::p2::add_to_linker_sync(&mut linker).map_err(anyhow::Error::from)?;
+        let mut command_linker = wasmtime::Linker::<CommandState>::new(&engine);
+        wasmtime_wasi::p1::add_to_linker_sync(&mut command_linker, |state| &mut state.wasi)
+            .map_err(anyhow::Error::from)?;
 
         let compat_hash = {
             use std::hash::{Hash as _, Hasher as _};
@@ -245,7 +266,10 @@ impl Runtime {
         Ok(Self {
             engine,
             linker: Arc::new(linker),
+            command_linker: Arc::new(command_linker),
             compat_hash: compat_hash.into(),
+            config: config.clone(),
+            compiler,
         })
     }
 
@@ -254,9 +278,21 @@ impl Runtime {
         &self.engine
     }
 
-    /// The linker every model is instantiated against.
+    /// The linker every component is instantiated against.
     pub fn linker(&self) -> &Linker<SandboxState> {
         &self.linker
+    }
+
+    /// The linker WASI preview 1 command modules are instantiated against.
+    pub fn command_linker(&self) -> &wasmtime::Linker<CommandState> {
+        &self.command_linker
+    }
+
+    /// Compiles `wasm` into a serialized artifact for this engine, with the
+    /// configured [`Compiler`] (a bounded worker process for untrusted bytes).
+    pub fn precompile(&self, kind: ArtifactKind, wasm: &[u8]) -> Result<Vec<u8>, CompileError> {
+        self.compiler
+            .precompile(&self.engine, &self.config, kind, wasm)
     }
 
     /// A short hex hash of everything that makes compiled artifacts
@@ -268,29 +304,78 @@ impl Runtime {
     /// A fresh store armed with `limits`: memory and table caps, a deadline,
     /// a bounded resource table and an empty WASI context.
     pub fn new_store(&self, limits: Limits) -> Store<SandboxState> {
-        let wasi = WasiCtx::builder()
-            .wall_clock(FrozenClock)
-            .monotonic_clock(FrozenClock)
-            .allow_tcp(false)
-            .allow_udp(false)
-            .allow_ip_name_lookup(false)
-            .build();
+        let wasi = sandbox_wasi().build();
         let mut table = ResourceTable::new();
         table.set_max_capacity(limits.host_resources);
-        let mut store = Store::new(
-            &self.engine,
-            SandboxState {
-                wasi,
-                table,
-                limits,
-            },
-        );
-        store.limiter(|state| state);
-        let ticks = (limits.deadline.as_micros() / EPOCH_TICK.as_micros()).max(1);
-        store.set_epoch_deadline(u64::try_from(ticks).unwrap_or(u64::MAX));
-        store.epoch_deadline_trap();
+        let state = SandboxState {
+            wasi,
+            table,
+            caps: Caps { limits },
+        };
+        let mut store = Store::new(&self.engine, state);
+        store.limiter(|state| &mut state.caps);
+        arm_deadline(&mut store, &limits);
         store
     }
+
+    /// A fresh store for a WASI preview 1 command: `stdin` holds its input,
+    /// `stdout` collects its output (up to the pipe's capacity); no
+    /// arguments, environment, directories or network; frozen clocks;
+    /// stderr discarded. Armed with `limits` like [`Runtime::new_store`].
+    pub fn new_command_store(
+        &self,
+        limits: Limits,
+        stdin: wasmtime_wasi::p2::pipe::MemoryInputPipe,
+        stdout: wasmtime_wasi::p2::pipe::MemoryOutputPipe,
+    ) -> Store<CommandState> {
+        let wasi = sandbox_wasi()
+            .stdin(stdin)
+            .stdout(stdout)
+            .stderr(wasmtime_wasi::p2::pipe::SinkOutputStream)
+            .build_p1();
+        let state = CommandState {
+            wasi,
+            caps: Caps { limits },
+        };
+        let mut store = Store::new(&self.engine, state);
+        store.limiter(|state| &mut state.caps);
+        arm_deadline(&mut store, &limits);
+        store
+    }
+}
+
+/// The WASI context every guest starts from: nothing granted, frozen clocks.
+fn sandbox_wasi() -> wasmtime_wasi::WasiCtxBuilder {
+    let mut builder = WasiCtx::builder();
+    builder
+        .wall_clock(FrozenClock)
+        .monotonic_clock(FrozenClock)
+        .allow_tcp(false)
+        .allow_udp(false)
+        .allow_ip_name_lookup(false);
+    builder
+}
+
+/// Sets the epoch deadline of a fresh store.
+fn arm_deadline<T>(store: &mut Store<T>, limits: &Limits) {
+    let ticks = (limits.deadline.as_micros() / EPOCH_TICK.as_micros()).max(1);
+    store.set_epoch_deadline(u64::try_from(ticks).unwrap_or(u64::MAX));
+    store.epoch_deadline_trap();
+}
+
+/// The engine settings that decide how code is compiled. The compile worker
+/// builds its engine from the same function, so that its artifacts are
+/// compatible with the serving engine (which adds the pooling allocator,
+/// a runtime-only setting).
+pub fn wasm_config(config: &EngineConfig) -> Config {
+    let mut wasm = Config::new();
+    wasm.wasm_component_model(true)
+        .epoch_interruption(true)
+        .max_wasm_stack(config.max_wasm_stack)
+        .cranelift_opt_level(OptLevel::Speed)
+        .memory_init_cow(true)
+        .parallel_compilation(true);
+    wasm
 }
 
 /// Advances the engine's epoch every [`EPOCH_TICK`] until the engine is dropped.
@@ -388,57 +473,107 @@ impl ArtifactCache {
         }
     }
 
-    /// Returns the compiled component for `wasm`, whose sha256 is `digest`
-    /// (lowercase hex): from disk when a verified artifact exists, else
-    /// compiled and written back.
-    pub fn load_or_compile(
+    /// Returns the compiled `T` (a component or a core module) for `wasm`,
+    /// whose sha256 is `digest` (lowercase hex): from disk when a verified
+    /// artifact exists, else compiled (by the runtime's [`Compiler`]) and
+    /// written back.
+    pub fn load_or_compile<T: Artifact>(
         &self,
         runtime: &Runtime,
         digest: &str,
         wasm: &[u8],
-    ) -> anyhow::Result<(Component, CacheOutcome)> {
-        anyhow::ensure!(
-            digest.len() == 64 && digest.bytes().all(|b| b.is_ascii_hexdigit()),
-            "not a sha256 hex digest: {digest:?}"
-        );
+    ) -> Result<(T, CacheOutcome), ArtifactError> {
+        if !(digest.len() == 64 && digest.bytes().all(|b| b.is_ascii_hexdigit())) {
+            return Err(ArtifactError::Store(anyhow::anyhow!(
+                "not a sha256 hex digest: {digest:?}"
+            )));
+        }
         let artifact = self.dir.join(format!("{digest}.cwasm"));
         let sidecar = self.dir.join(format!("{digest}.cwasm.xxh3"));
-        if let Some(component) = self.load_verified(runtime, &artifact, &sidecar) {
-            return Ok((component, CacheOutcome::Hit));
+        if let Some(compiled) = self.load_verified(runtime, &artifact, &sidecar) {
+            return Ok((compiled, CacheOutcome::Hit));
         }
 
-        let component = Component::new(runtime.engine(), wasm).map_err(anyhow::Error::from)?;
-        let bytes = component.serialize().map_err(anyhow::Error::from)?;
-        std::fs::create_dir_all(&self.dir)?;
-        // Sidecar first: an artifact without a matching sidecar is ignored,
-        // so a crash between the two writes costs a recompile, nothing more.
-        write_atomic(&sidecar, checksum(&bytes).as_bytes())?;
-        write_atomic(&artifact, &bytes)?;
-        Ok((component, CacheOutcome::Compiled))
+        let bytes = runtime.precompile(T::KIND, wasm)?;
+        let stored = (|| {
+            std::fs::create_dir_all(&self.dir)?;
+            // Sidecar first: an artifact without a matching sidecar is
+            // ignored, so a crash between the two writes costs a recompile.
+            write_atomic(&sidecar, checksum(&bytes).as_bytes())?;
+            write_atomic(&artifact, &bytes)
+        })();
+        stored.map_err(|e| ArtifactError::Store(e.into()))?;
+        drop(bytes);
+        // SAFETY: the file was just written from the output of this host's
+        // compiler (in process, or its own worker binary), never bytes a
+        // client sent, and is only ever replaced by rename.
+        let compiled = unsafe { T::deserialize_file(runtime.engine(), &artifact) }
+            .map_err(|e| ArtifactError::Store(anyhow::Error::from(e)))?;
+        Ok((compiled, CacheOutcome::Compiled))
     }
 
-    fn load_verified(
+    fn load_verified<T: Artifact>(
         &self,
         runtime: &Runtime,
         artifact: &Path,
         sidecar: &Path,
-    ) -> Option<Component> {
+    ) -> Option<T> {
         let expected = std::fs::read_to_string(sidecar).ok()?;
         let bytes = std::fs::read(artifact).ok()?;
         if checksum(&bytes) != expected.trim() {
             tracing::warn!(artifact = %artifact.display(), "compiled artifact failed its checksum; recompiling");
             return None;
         }
+        drop(bytes);
         // SAFETY: the file was written by this host (its checksum matches
         // the sidecar written alongside it) and is only ever replaced by rename,
         // never modified in place, so the mapping stays valid.
-        match unsafe { Component::deserialize_file(runtime.engine(), artifact) } {
-            Ok(component) => Some(component),
+        match unsafe { T::deserialize_file(runtime.engine(), artifact) } {
+            Ok(compiled) => Some(compiled),
             Err(error) => {
                 tracing::warn!(artifact = %artifact.display(), error = %error, "compiled artifact rejected; recompiling");
                 None
             }
         }
+    }
+}
+
+/// Why [`ArtifactCache::load_or_compile`] failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ArtifactError {
+    /// The bytes did not compile within the budget (the input's fault).
+    #[error(transparent)]
+    Compile(#[from] CompileError),
+    /// Writing or reading the artifact failed (the host's fault).
+    #[error("artifact cache: {0:#}")]
+    Store(anyhow::Error),
+}
+
+/// Something compiled that the cache can hold: a component or a core module.
+pub trait Artifact: Sized {
+    /// How to compile it.
+    const KIND: ArtifactKind;
+    /// Maps a serialized file.
+    ///
+    /// # Safety
+    /// The file must hold the output of this host's compiler (see wasmtime's
+    /// `Component::deserialize_file`) and must not change while mapped.
+    unsafe fn deserialize_file(engine: &Engine, path: &Path) -> wasmtime::Result<Self>;
+}
+
+impl Artifact for Component {
+    const KIND: ArtifactKind = ArtifactKind::Component;
+    unsafe fn deserialize_file(engine: &Engine, path: &Path) -> wasmtime::Result<Self> {
+        // SAFETY: forwarded to the caller.
+        unsafe { Component::deserialize_file(engine, path) }
+    }
+}
+
+impl Artifact for wasmtime::Module {
+    const KIND: ArtifactKind = ArtifactKind::Module;
+    unsafe fn deserialize_file(engine: &Engine, path: &Path) -> wasmtime::Result<Self> {
+        // SAFETY: forwarded to the caller.
+        unsafe { wasmtime::Module::deserialize_file(engine, path) }
     }
 }
 

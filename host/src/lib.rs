@@ -20,7 +20,9 @@ mod admin;
 pub mod api;
 pub mod bindings;
 pub mod client;
+pub mod compile;
 pub mod engine;
+pub mod manifest;
 pub mod model;
 pub mod oip;
 pub mod registry;
@@ -38,7 +40,7 @@ use anyhow::Context as _;
 pub use crate::engine::{EngineConfig, Limits, Runtime};
 pub use crate::model::{LoadError, LoadReport, LoadedModel};
 pub use crate::registry::Registry;
-pub use crate::repository::{RepoError, UploadReport};
+pub use crate::repository::{RepoError, Upload, UploadReport};
 
 /// Settings of a host.
 #[derive(Debug, Clone)]
@@ -64,6 +66,9 @@ pub struct HostConfig {
     pub trusted_keys: signing::TrustedKeys,
     /// Refuse uploads without a signature from a trusted key.
     pub require_signatures: bool,
+    /// How uploaded wasm is compiled: in a bounded worker process for a
+    /// server (see [`compile`]); in process by default.
+    pub compiler: compile::Compiler,
 }
 
 impl HostConfig {
@@ -80,6 +85,7 @@ impl HostConfig {
             admin_token: None,
             trusted_keys: signing::TrustedKeys::default(),
             require_signatures: false,
+            compiler: compile::Compiler::InProcess,
         }
     }
 }
@@ -99,7 +105,8 @@ pub struct Host {
 impl Host {
     /// Builds the engine (one per process is plenty) and an empty registry.
     pub fn new(config: HostConfig) -> anyhow::Result<Self> {
-        let runtime = Runtime::new(&config.engine).context("failed to create the wasm engine")?;
+        let runtime = Runtime::with_compiler(&config.engine, config.compiler.clone())
+            .context("failed to create the wasm engine")?;
         let artifacts = config
             .artifacts_dir
             .clone()
@@ -144,7 +151,6 @@ impl Host {
         api::router(api::AppState {
             host: self.clone(),
             registry: Arc::clone(&self.registry),
-            request_limits: self.config.request_limits,
             max_body_bytes: self.config.max_body_bytes,
         })
     }

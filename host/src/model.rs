@@ -1,12 +1,18 @@
 //! A loaded model: compiled once, instantiated fresh for every request.
 
 use std::collections::HashSet;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
+
+use wasmtime::component::Component;
 
 use crate::bindings::{GuestError, InferRequest, InferResponse, Model, ModelMetadata, ModelPre};
 use crate::engine::{
-    ArtifactCache, CacheOutcome, GuestFailure, Limits, Runtime, classify, sha256_hex,
+    ArtifactCache, ArtifactError, CacheOutcome, CommandState, GuestFailure, Limits, Runtime,
+    SandboxState, classify, sha256_hex,
 };
+use crate::manifest::{Manifest, Policy};
 
 /// Why a component could not be loaded as a model.
 #[derive(Debug, thiserror::Error)]
@@ -15,9 +21,15 @@ pub enum LoadError {
     /// The bytes are not a WebAssembly component.
     #[error("not a WebAssembly component: {0}")]
     NotAComponent(String),
-    /// Compilation failed.
-    #[error("the component failed to compile: {0}")]
-    Compile(String),
+    /// Compilation failed, or exceeded its time or memory budget.
+    #[error("the module failed to compile: {0}")]
+    Compile(crate::compile::CompileError),
+    /// A core module that is not a WASI preview 1 command.
+    #[error("not a WASI command: {0}")]
+    NotACommand(String),
+    /// The manifest does not fit the upload.
+    #[error("{0}")]
+    Manifest(String),
     /// The component imports something the host does not provide, or does
     /// not export the `model` world.
     #[error("the component does not fit the `model` world: {0}")]
@@ -28,12 +40,30 @@ pub enum LoadError {
     /// `metadata()` failed.
     #[error("metadata() failed: {0}")]
     Metadata(GuestFailure),
+    /// A command module could not be instantiated within its limits.
+    #[error("the module cannot start within its limits: {0}")]
+    Instantiate(GuestFailure),
     /// `metadata()` answered something unusable.
     #[error("invalid model metadata: {0}")]
     InvalidMetadata(String),
-    /// Storing the compiled artifact failed.
+    /// Storing the compiled artifact failed (the host's fault).
     #[error("failed to cache the compiled component: {0:#}")]
     Cache(anyhow::Error),
+}
+
+impl LoadError {
+    fn from_artifact(error: ArtifactError) -> Self {
+        match error {
+            ArtifactError::Compile(crate::compile::CompileError::Host(e)) => Self::Cache(e),
+            ArtifactError::Compile(e) => Self::Compile(e),
+            ArtifactError::Store(e) => Self::Cache(e),
+        }
+    }
+
+    /// Whether the upload is at fault (a 4xx), rather than the host (a 5xx).
+    pub fn is_input_fault(&self) -> bool {
+        !matches!(self, Self::Cache(_))
+    }
 }
 
 /// Figures from loading a model.
@@ -53,9 +83,18 @@ pub struct LoadedModel {
     version: String,
     digest: String,
     metadata: ModelMetadata,
-    limits: Limits,
-    pre: ModelPre<crate::engine::SandboxState>,
+    policy: Policy,
+    backend: Backend,
+    inflight: Arc<AtomicU32>,
     runtime: Runtime,
+}
+
+/// How a model runs.
+enum Backend {
+    /// A component of the `model` world.
+    Component(ModelPre<SandboxState>),
+    /// A WASI preview 1 command: request JSON on stdin, response on stdout.
+    Command(wasmtime::InstancePre<CommandState>),
 }
 
 impl std::fmt::Debug for LoadedModel {
@@ -69,75 +108,75 @@ impl std::fmt::Debug for LoadedModel {
 }
 
 impl LoadedModel {
-    /// Compiles (or fetches from `cache`) the component `wasm`, links it,
-    /// and reads its metadata in a sandbox armed with `limits`. The model is
+    /// Compiles (or fetches from `cache`) `wasm`, links it, and reads its
+    /// metadata in a sandbox armed with `policy`'s limits. The model is
     /// served as `name` version `version`.
+    ///
+    /// `wasm` is a component of the `model` world, or a WASI preview 1
+    /// command module whose metadata comes from `manifest`.
     pub fn load(
         runtime: &Runtime,
         cache: &ArtifactCache,
         name: &str,
         version: &str,
         wasm: &[u8],
-        limits: Limits,
+        manifest: Option<&Manifest>,
+        policy: Policy,
     ) -> Result<(Self, LoadReport), LoadError> {
         let start = Instant::now();
-        match wasm_kind(wasm) {
-            WasmKind::Component => {}
+        let command_metadata = manifest.and_then(|m| m.metadata.as_ref());
+        let digest = sha256_hex(wasm);
+        let limits = policy.limits;
+        let (backend, metadata, outcome) = match wasm_kind(wasm) {
+            WasmKind::Component => {
+                if command_metadata.is_some() {
+                    return Err(LoadError::Manifest(
+                        "`metadata` in a manifest is for WASI preview 1 command modules; \
+                         a component declares its own through metadata()"
+                            .into(),
+                    ));
+                }
+                let (component, outcome) = cache
+                    .load_or_compile::<Component>(runtime, &digest, wasm)
+                    .map_err(LoadError::from_artifact)?;
+                let (pre, metadata) = link_component(runtime, &component, &limits)?;
+                (Backend::Component(pre), metadata, outcome)
+            }
             WasmKind::CoreModule => {
-                return Err(LoadError::NotAComponent(
-                    "this is a core WebAssembly module; models are components of the \
-                     `airlock:inference` `model` world"
-                        .into(),
-                ));
+                let Some(declared) = command_metadata else {
+                    return Err(LoadError::NotAComponent(
+                        "this is a core WebAssembly module: upload it with a manifest whose \
+                         [metadata] declares its inputs and outputs (a WASI preview 1 command \
+                         reading the request JSON on stdin), or build a component of the \
+                         `airlock:inference` `model` world"
+                            .into(),
+                    ));
+                };
+                let metadata = declared
+                    .to_model_metadata(name)
+                    .map_err(LoadError::Manifest)?;
+                let (module, outcome) = cache
+                    .load_or_compile::<wasmtime::Module>(runtime, &digest, wasm)
+                    .map_err(LoadError::from_artifact)?;
+                let pre = link_command(runtime, &module, &limits)?;
+                (Backend::Command(pre), metadata, outcome)
             }
             WasmKind::NotWasm => {
                 return Err(LoadError::NotAComponent(
                     "the bytes are not WebAssembly (no \\0asm preamble)".into(),
                 ));
             }
-        }
-        let digest = sha256_hex(wasm);
-        let (component, outcome) = cache
-            .load_or_compile(runtime, &digest, wasm)
-            .map_err(|e| LoadError::Compile(format!("{e:#}")))?;
-        let compile = start.elapsed();
-
-        let forbidden: Vec<String> = component
-            .component_type()
-            .imports(runtime.engine())
-            .map(|(import, _)| import.to_owned())
-            .filter(|import| FORBIDDEN_IMPORTS.iter().any(|p| import.starts_with(p)))
-            .collect();
-        if !forbidden.is_empty() {
-            return Err(LoadError::Forbidden(forbidden.join(", ")));
-        }
-
-        let instance_pre = runtime
-            .linker()
-            .instantiate_pre(&component)
-            .map_err(|e| LoadError::World(format!("{:#}", anyhow::Error::from(e))))?;
-        let pre = ModelPre::new(instance_pre)
-            .map_err(|e| LoadError::World(format!("{:#}", anyhow::Error::from(e))))?;
-
-        let metadata = {
-            let mut store = runtime.new_store(limits);
-            let model: Model = pre
-                .instantiate(&mut store)
-                .map_err(|e| LoadError::Metadata(classify(e, &limits)))?;
-            model
-                .airlock_inference_inference()
-                .call_metadata(&mut store)
-                .map_err(|e| LoadError::Metadata(classify(e, &limits)))?
         };
-        validate_metadata(&metadata).map_err(LoadError::InvalidMetadata)?;
+        let compile = start.elapsed();
 
         let model = Self {
             name: name.to_owned(),
             version: version.to_owned(),
             digest,
             metadata,
-            limits,
-            pre,
+            policy,
+            backend,
+            inflight: Arc::default(),
             runtime: runtime.clone(),
         };
         let report = LoadReport {
@@ -166,19 +205,45 @@ impl LoadedModel {
         &self.version
     }
 
-    /// sha256 (hex) of the component bytes.
+    /// sha256 (hex) of the uploaded bytes.
     pub fn digest(&self) -> &str {
         &self.digest
     }
 
-    /// What the model declared about itself.
+    /// What the model declared about itself (or its manifest, for a command).
     pub fn metadata(&self) -> &ModelMetadata {
         &self.metadata
     }
 
+    /// The policy in force: limits armed on every request, caller keys,
+    /// concurrency.
+    pub fn policy(&self) -> &Policy {
+        &self.policy
+    }
+
     /// The limits armed on every request to this model.
     pub fn limits(&self) -> &Limits {
-        &self.limits
+        &self.policy.limits
+    }
+
+    /// `"component"` or `"wasi-p1-command"`.
+    pub fn kind(&self) -> &'static str {
+        match self.backend {
+            Backend::Component(_) => "component",
+            Backend::Command(_) => "wasi-p1-command",
+        }
+    }
+
+    /// Claims one of the model's concurrency slots; `None` when its policy's
+    /// `max_concurrency` requests are already in flight.
+    pub fn try_admit(&self) -> Option<Admission> {
+        let max = self.policy.max_concurrency.unwrap_or(u32::MAX);
+        self.inflight
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < max).then_some(n + 1)
+            })
+            .ok()?;
+        Some(Admission(Arc::clone(&self.inflight)))
     }
 
     /// Runs one inference in a fresh sandbox. The outer error is a sandbox
@@ -188,16 +253,173 @@ impl LoadedModel {
         &self,
         request: &InferRequest,
     ) -> Result<Result<InferResponse, GuestError>, GuestFailure> {
-        let mut store = self.runtime.new_store(self.limits);
-        let model = self
-            .pre
+        let limits = &self.policy.limits;
+        match &self.backend {
+            Backend::Component(pre) => {
+                let mut store = self.runtime.new_store(*limits);
+                let model = pre
+                    .instantiate(&mut store)
+                    .map_err(|e| classify(e, limits))?;
+                model
+                    .airlock_inference_inference()
+                    .call_infer(&mut store, request)
+                    .map_err(|e| classify(e, limits))
+            }
+            Backend::Command(pre) => self.run_command(pre, request),
+        }
+    }
+
+    fn run_command(
+        &self,
+        pre: &wasmtime::InstancePre<CommandState>,
+        request: &InferRequest,
+    ) -> Result<Result<InferResponse, GuestError>, GuestFailure> {
+        use wasmtime_wasi::p2::pipe::{MemoryInputPipe, MemoryOutputPipe};
+        let limits = &self.policy.limits;
+        let input = serde_json::to_vec(&crate::oip::CommandRequest(request))
+            .map_err(|e| GuestFailure::Other(e.into()))?;
+        // A response cannot sensibly be larger than the memory the model
+        // may use; a write past this is an error for the guest.
+        let stdout = MemoryOutputPipe::new(limits.memory_bytes);
+        let mut store =
+            self.runtime
+                .new_command_store(*limits, MemoryInputPipe::new(input), stdout.clone());
+        let instance = pre
             .instantiate(&mut store)
-            .map_err(|e| classify(e, &self.limits))?;
+            .map_err(|e| classify(e, limits))?;
+        let start = instance
+            .get_typed_func::<(), ()>(&mut store, "_start")
+            .map_err(|e| classify(e, limits))?;
+        if let Err(error) = start.call(&mut store, ()) {
+            match error.downcast_ref::<wasmtime_wasi::I32Exit>() {
+                Some(wasmtime_wasi::I32Exit(0)) => {}
+                Some(wasmtime_wasi::I32Exit(code)) => {
+                    // A command that explains itself on stdout is heard out.
+                    drop(store);
+                    return Ok(match crate::oip::parse_command_output(&stdout.contents()) {
+                        Ok(Err(message)) => Err(GuestError::InvalidInput(message)),
+                        _ => Err(GuestError::Internal(format!(
+                            "the command exited with status {code}"
+                        ))),
+                    });
+                }
+                None => return Err(classify(error, limits)),
+            }
+        }
+        drop(store);
+        Ok(match crate::oip::parse_command_output(&stdout.contents()) {
+            Ok(Ok(outputs)) => Ok(InferResponse { outputs }),
+            Ok(Err(message)) => Err(GuestError::InvalidInput(message)),
+            Err(malformed) => Err(GuestError::Internal(format!(
+                "the command wrote an invalid response: {malformed}"
+            ))),
+        })
+    }
+}
+
+/// One request in flight to a model; dropping it frees the slot.
+#[derive(Debug)]
+pub struct Admission(Arc<AtomicU32>);
+
+impl Drop for Admission {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// Links a compiled component against the sandbox and asks for its metadata.
+fn link_component(
+    runtime: &Runtime,
+    component: &Component,
+    limits: &Limits,
+) -> Result<(ModelPre<SandboxState>, ModelMetadata), LoadError> {
+    let forbidden: Vec<String> = component
+        .component_type()
+        .imports(runtime.engine())
+        .map(|(import, _)| import.to_owned())
+        .filter(|import| FORBIDDEN_IMPORTS.iter().any(|p| import.starts_with(p)))
+        .collect();
+    if !forbidden.is_empty() {
+        return Err(LoadError::Forbidden(forbidden.join(", ")));
+    }
+
+    let instance_pre = runtime
+        .linker()
+        .instantiate_pre(component)
+        .map_err(|e| LoadError::World(format!("{:#}", anyhow::Error::from(e))))?;
+    let pre = ModelPre::new(instance_pre)
+        .map_err(|e| LoadError::World(format!("{:#}", anyhow::Error::from(e))))?;
+
+    let metadata = {
+        let mut store = runtime.new_store(*limits);
+        let model: Model = pre
+            .instantiate(&mut store)
+            .map_err(|e| LoadError::Metadata(classify(e, limits)))?;
         model
             .airlock_inference_inference()
-            .call_infer(&mut store, request)
-            .map_err(|e| classify(e, &self.limits))
+            .call_metadata(&mut store)
+            .map_err(|e| LoadError::Metadata(classify(e, limits)))?
+    };
+    validate_metadata(&metadata).map_err(LoadError::InvalidMetadata)?;
+    Ok((pre, metadata))
+}
+
+/// Checks that a core module is a WASI preview 1 command that needs nothing
+/// but WASI preview 1, and links it.
+fn link_command(
+    runtime: &Runtime,
+    module: &wasmtime::Module,
+    limits: &Limits,
+) -> Result<wasmtime::InstancePre<CommandState>, LoadError> {
+    let not_command = |why: String| {
+        LoadError::NotACommand(format!(
+            "{why}; a core-module model must be a WASI preview 1 command \
+             (export `_start` and `memory`, import only `wasi_snapshot_preview1`)"
+        ))
+    };
+    match module.get_export("_start") {
+        Some(wasmtime::ExternType::Func(f)) if f.params().len() == 0 && f.results().len() == 0 => {}
+        Some(_) => {
+            return Err(not_command(
+                "its `_start` export is not a `() -> ()` function".into(),
+            ));
+        }
+        None => return Err(not_command("it exports no `_start`".into())),
     }
+    if !matches!(
+        module.get_export("memory"),
+        Some(wasmtime::ExternType::Memory(_))
+    ) {
+        return Err(not_command("it exports no `memory`".into()));
+    }
+    if let Some(import) = module
+        .imports()
+        .find(|i| i.module() != "wasi_snapshot_preview1")
+    {
+        return Err(not_command(format!(
+            "it imports `{}`.`{}`",
+            import.module(),
+            import.name()
+        )));
+    }
+    let pre = runtime
+        .command_linker()
+        .instantiate_pre(module)
+        .map_err(|e| not_command(format!("{:#}", anyhow::Error::from(e))))?;
+    // Instantiate once (without running `_start`), as a component's
+    // metadata() call does: a module that cannot even start within its
+    // limits is refused now, not on every request.
+    {
+        use wasmtime_wasi::p2::pipe::{MemoryInputPipe, MemoryOutputPipe};
+        let mut store = runtime.new_command_store(
+            *limits,
+            MemoryInputPipe::new(Vec::<u8>::new()),
+            MemoryOutputPipe::new(0),
+        );
+        pre.instantiate(&mut store)
+            .map_err(|e| LoadError::Instantiate(classify(e, limits)))?;
+    }
+    Ok(pre)
 }
 
 /// Import prefixes refused at load time. Models compute; they get no
@@ -229,7 +451,7 @@ pub fn wasm_kind(bytes: &[u8]) -> WasmKind {
     }
 }
 
-fn validate_metadata(metadata: &ModelMetadata) -> Result<(), String> {
+pub(crate) fn validate_metadata(metadata: &ModelMetadata) -> Result<(), String> {
     if metadata.inputs.is_empty() {
         return Err("the model declares no inputs".into());
     }

@@ -602,6 +602,104 @@ impl Serialize for BytesList<'_> {
     }
 }
 
+/// A request as a WASI preview 1 command reads it on stdin: the Open
+/// Inference Protocol request JSON, with flat `data`.
+pub struct CommandRequest<'a>(pub &'a InferRequest);
+
+impl Serialize for CommandRequest<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let request = self.0;
+        let mut map = serializer.serialize_map(None)?;
+        if let Some(id) = &request.id {
+            map.serialize_entry("id", id)?;
+        }
+        if !request.parameters.is_empty() {
+            map.serialize_entry("parameters", &RequestParams(&request.parameters))?;
+        }
+        map.serialize_entry("inputs", &Outputs(&request.inputs))?;
+        if !request.outputs.is_empty() {
+            let names: Vec<_> = request
+                .outputs
+                .iter()
+                .map(|name| serde_json::json!({ "name": name }))
+                .collect();
+            map.serialize_entry("outputs", &names)?;
+        }
+        map.end()
+    }
+}
+
+struct RequestParams<'a>(&'a [(String, ParameterValue)]);
+
+impl Serialize for RequestParams<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let mut map = serializer.serialize_map(Some(self.0.len()))?;
+        for (key, value) in self.0 {
+            match value {
+                ParameterValue::Bool(b) => map.serialize_entry(key, b)?,
+                ParameterValue::Int(i) => map.serialize_entry(key, i)?,
+                ParameterValue::Double(d) => map.serialize_entry(key, d)?,
+                ParameterValue::Text(t) => map.serialize_entry(key, t)?,
+            }
+        }
+        map.end()
+    }
+}
+
+#[derive(Deserialize)]
+struct RawCommandOutput<'a> {
+    #[serde(default, borrow)]
+    outputs: Option<Vec<RawInput<'a>>>,
+    #[serde(default)]
+    error: Option<String>,
+}
+
+/// Parses what a WASI preview 1 command wrote on stdout: an Open Inference
+/// Protocol response (`{"outputs": [...]}`; other fields are ignored, the
+/// host fills them in), or `{"error": "..."}` for a request the model
+/// refuses (the inner `Err`). The outer `Err` says why the output is not
+/// a response at all. The outputs still go through [`check_response`].
+pub fn parse_command_output(stdout: &[u8]) -> Result<Result<Vec<Tensor>, String>, String> {
+    let raw: RawCommandOutput<'_> =
+        serde_json::from_slice(stdout).map_err(|e| format!("not a JSON response: {e}"))?;
+    if let Some(message) = raw.error {
+        return Ok(Err(message));
+    }
+    let raw_outputs = raw
+        .outputs
+        .ok_or_else(|| "the response has neither `outputs` nor `error`".to_owned())?;
+    let mut outputs = Vec::with_capacity(raw_outputs.len());
+    for output in raw_outputs {
+        let datatype = Datatype::parse(&output.datatype).ok_or_else(|| {
+            format!(
+                "output {:?}: unknown datatype {:?}",
+                output.name, output.datatype
+            )
+        })?;
+        let shape = output
+            .shape
+            .iter()
+            .map(|d| u64::try_from(*d))
+            .collect::<Result<Vec<u64>, _>>()
+            .map_err(|_| format!("output {:?}: negative dimension", output.name))?;
+        if shape
+            .iter()
+            .try_fold(1u64, |acc, d| acc.checked_mul(*d))
+            .is_none()
+        {
+            return Err(format!("output {:?}: shape is too large", output.name));
+        }
+        let data = parse_data(output.data, datatype, &shape)
+            .map_err(|e| format!("output {:?}: {e}", output.name))?;
+        outputs.push(Tensor {
+            name: output.name,
+            shape,
+            data,
+        });
+    }
+    Ok(Ok(outputs))
+}
+
 /// Checks a model's response against its metadata and the request, and
 /// keeps only the requested outputs. Errors are the model's fault (a 5xx).
 pub fn check_response(

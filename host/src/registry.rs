@@ -51,6 +51,11 @@ impl Registry {
         self.table.load().get(name).cloned()
     }
 
+    /// Whether no model is served.
+    pub fn is_empty(&self) -> bool {
+        self.table.load().is_empty()
+    }
+
     /// All entries, sorted by name.
     pub fn entries(&self) -> Vec<(String, Arc<ModelEntry>)> {
         let table = self.table.load();

@@ -10,6 +10,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::Host;
 use crate::engine::{CacheOutcome, sha256_hex};
+use crate::manifest::{Manifest, Policy};
 use crate::model::{LoadError, LoadedModel};
 use crate::store::{ModelIndex, VersionRecord};
 
@@ -57,6 +58,19 @@ pub struct UploadReport {
     pub elapsed: Duration,
 }
 
+/// A new version, as uploaded.
+#[derive(Debug, Clone, Copy)]
+pub struct Upload<'a> {
+    /// The component (or WASI preview 1 command module) bytes.
+    pub wasm: &'a [u8],
+    /// The manifest uploaded with it (policy; metadata for a command).
+    pub manifest: Option<&'a Manifest>,
+    /// Make it the active version.
+    pub activate: bool,
+    /// Detached signature (hex), from `airlock sign`.
+    pub signature: Option<&'a str>,
+}
+
 /// One model's state, for listings.
 #[derive(Debug, Clone)]
 pub struct ModelStatus {
@@ -71,45 +85,73 @@ impl Host {
         self.write_lock.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Uploads `wasm` as a new version of `name`. The version is made active
-    /// when `activate` is set or when it is the model's first.
+    /// Uploads `wasm` as a new version of `name`, with no manifest and no
+    /// signature. The version is made active when `activate` is set or when
+    /// it is the model's first.
     pub fn upload(
         &self,
         name: &str,
         wasm: &[u8],
         activate: bool,
     ) -> Result<UploadReport, RepoError> {
-        self.upload_signed(name, wasm, activate, None)
+        self.upload_with(
+            name,
+            Upload {
+                wasm,
+                manifest: None,
+                activate,
+                signature: None,
+            },
+        )
     }
 
-    /// Like [`Host::upload`], with a detached signature (hex). The signature
-    /// is checked before anything is compiled or stored: required when the
-    /// configuration says so, and checked whenever trusted keys exist.
-    pub fn upload_signed(
-        &self,
-        name: &str,
-        wasm: &[u8],
-        activate: bool,
-        signature: Option<&str>,
-    ) -> Result<UploadReport, RepoError> {
+    /// Uploads a new version of `name`. The signature, when one is required
+    /// (by the configuration, or by the policy of the model's active version
+    /// or of this upload's manifest) or offered, is checked before anything
+    /// is compiled or stored.
+    pub fn upload_with(&self, name: &str, upload: Upload<'_>) -> Result<UploadReport, RepoError> {
+        let Upload {
+            wasm,
+            manifest,
+            activate,
+            signature,
+        } = upload;
         let started = std::time::Instant::now();
         crate::validate_model_name(name).map_err(RepoError::BadRequest)?;
         if wasm.is_empty() {
             return Err(RepoError::BadRequest("the upload is empty".into()));
         }
+        let current = self.store.read_index(name)?;
+        let active_requires = current
+            .as_ref()
+            .and_then(|index| index.version(index.active.as_deref()?))
+            .and_then(|record| record.manifest.as_ref())
+            .is_some_and(|m| m.require_signatures);
+        let required = self.config.require_signatures
+            || active_requires
+            || manifest.is_some_and(|m| m.require_signatures);
         let keys = &self.config.trusted_keys;
         let signed_by = match signature {
             Some(signature) if !keys.is_empty() => Some(keys.verify(wasm, signature)?),
-            None if self.config.require_signatures => {
+            None if required => {
                 return Err(crate::signing::SignatureError::Missing.into());
+            }
+            Some(_) if required => {
+                return Err(RepoError::BadRequest(
+                    "this model requires signed uploads, but the server trusts no keys".into(),
+                ));
             }
             _ => None,
         };
+        let policy = self.policy_for(manifest)?;
         let digest = sha256_hex(wasm);
 
-        // Identical bytes already stored: nothing to compile or write.
-        if let Some(index) = self.store.read_index(name)?
-            && let Some(existing) = index.versions.iter().find(|v| v.sha256 == digest)
+        // Identical bytes and manifest already stored: nothing to compile or write.
+        if let Some(index) = &current
+            && let Some(existing) = index
+                .versions
+                .iter()
+                .find(|v| v.sha256 == digest && v.manifest.as_ref() == manifest)
         {
             let version = existing.version.clone();
             let active = if activate {
@@ -138,7 +180,8 @@ impl Host {
             name,
             "0",
             wasm,
-            self.config.limits,
+            manifest,
+            policy,
         );
         let (probe, report) = match probe {
             Ok(ok) => ok,
@@ -168,6 +211,7 @@ impl Host {
                 .unwrap_or(0),
             model_version: probe.metadata().version.clone(),
             signed_by,
+            manifest: manifest.cloned(),
         });
         let make_active = activate || index.active.is_none();
         if make_active {
@@ -306,6 +350,42 @@ impl Host {
         Ok(served)
     }
 
+    /// The server's default policy: what a model without a manifest gets.
+    pub fn default_policy(&self) -> Policy {
+        Policy {
+            limits: self.config.limits,
+            max_request_bytes: self.config.max_body_bytes,
+            max_elements: self.config.request_limits.max_elements,
+            max_concurrency: None,
+            api_keys: Vec::new(),
+            require_signatures: self.config.require_signatures,
+        }
+    }
+
+    /// The policy a model with `manifest` gets on this server.
+    fn policy_for(&self, manifest: Option<&Manifest>) -> Result<Policy, RepoError> {
+        let defaults = self.default_policy();
+        let Some(manifest) = manifest else {
+            return Ok(defaults);
+        };
+        let policy = manifest.policy(&defaults);
+        let ceiling = self.config.engine.max_memory_bytes;
+        if policy.limits.memory_bytes > ceiling {
+            return Err(RepoError::BadRequest(format!(
+                "manifest field `memory_mib` asks for {} MiB; this server allows at most {} MiB",
+                policy.limits.memory_bytes >> 20,
+                ceiling >> 20
+            )));
+        }
+        if policy.max_request_bytes > self.config.max_body_bytes {
+            return Err(RepoError::BadRequest(format!(
+                "manifest field `max_request_bytes` is {}; this server accepts bodies of at most {} bytes",
+                policy.max_request_bytes, self.config.max_body_bytes
+            )));
+        }
+        Ok(policy)
+    }
+
     fn existing_index(&self, name: &str) -> Result<ModelIndex, RepoError> {
         crate::validate_model_name(name).map_err(RepoError::BadRequest)?;
         self.store
@@ -332,13 +412,15 @@ impl Host {
                 Some(model) => model,
                 None => {
                     let wasm = self.store.get_blob(&record.sha256)?;
+                    let policy = self.policy_for(record.manifest.as_ref())?;
                     let (model, _) = LoadedModel::load(
                         &self.runtime,
                         &self.cache,
                         &index.name,
                         &record.version,
                         &wasm,
-                        self.config.limits,
+                        record.manifest.as_ref(),
+                        policy,
                     )
                     .map_err(|e| {
                         RepoError::Storage(anyhow::anyhow!(

@@ -53,6 +53,10 @@ pub struct VersionRecord {
     /// The trusted public key (hex) whose signature the upload carried.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub signed_by: Option<String>,
+    /// The manifest uploaded with the version (its policy; the metadata of
+    /// a WASI preview 1 command). API keys in it are hashed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub manifest: Option<crate::manifest::Manifest>,
 }
 
 impl ModelIndex {
@@ -233,6 +237,7 @@ mod tests {
                 uploaded_unix: 0,
                 model_version: "x".into(),
                 signed_by: None,
+                manifest: None,
             });
             index.activate(v);
         }

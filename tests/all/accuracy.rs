@@ -5,7 +5,9 @@ use serde_json::json;
 
 use crate::support::{argmax, digits_test, post_json, server};
 
-async fn check_model(name: &str) {
+/// Runs the held-out split through model `name` and checks it against the
+/// reference predictions.
+pub(crate) async fn check_model(name: &str) {
     let s = server();
     let client = s.client();
     let test = digits_test();

@@ -1,6 +1,7 @@
 //! The compiled-artifact cache: reused when intact, recompiled when not.
 
 use airlock::engine::{ArtifactCache, CacheOutcome, sha256_hex};
+use wasmtime::component::Component;
 
 #[test]
 fn artifacts_are_reused_when_intact_and_recompiled_when_corrupt() {
@@ -10,9 +11,13 @@ fn artifacts_are_reused_when_intact_and_recompiled_when_corrupt() {
     let wasm = std::fs::read(airlock_artifacts::DIGITS).unwrap();
     let digest = sha256_hex(&wasm);
 
-    let (_, first) = cache.load_or_compile(&runtime, &digest, &wasm).unwrap();
+    let (_, first) = cache
+        .load_or_compile::<Component>(&runtime, &digest, &wasm)
+        .unwrap();
     assert_eq!(first, CacheOutcome::Compiled);
-    let (_, second) = cache.load_or_compile(&runtime, &digest, &wasm).unwrap();
+    let (_, second) = cache
+        .load_or_compile::<Component>(&runtime, &digest, &wasm)
+        .unwrap();
     assert_eq!(second, CacheOutcome::Hit);
 
     // Flip one byte in the middle of the artifact: it must not be trusted.
@@ -21,7 +26,9 @@ fn artifacts_are_reused_when_intact_and_recompiled_when_corrupt() {
     let middle = bytes.len() / 2;
     bytes[middle] ^= 0xff;
     std::fs::write(&artifact, &bytes).unwrap();
-    let (_, third) = cache.load_or_compile(&runtime, &digest, &wasm).unwrap();
+    let (_, third) = cache
+        .load_or_compile::<Component>(&runtime, &digest, &wasm)
+        .unwrap();
     assert_eq!(
         third,
         CacheOutcome::Compiled,
@@ -31,16 +38,25 @@ fn artifacts_are_reused_when_intact_and_recompiled_when_corrupt() {
     // Truncated, and missing, likewise.
     std::fs::write(&artifact, &bytes[..100]).unwrap();
     assert_eq!(
-        cache.load_or_compile(&runtime, &digest, &wasm).unwrap().1,
+        cache
+            .load_or_compile::<Component>(&runtime, &digest, &wasm)
+            .unwrap()
+            .1,
         CacheOutcome::Compiled
     );
     std::fs::remove_file(&artifact).unwrap();
     assert_eq!(
-        cache.load_or_compile(&runtime, &digest, &wasm).unwrap().1,
+        cache
+            .load_or_compile::<Component>(&runtime, &digest, &wasm)
+            .unwrap()
+            .1,
         CacheOutcome::Compiled
     );
     assert_eq!(
-        cache.load_or_compile(&runtime, &digest, &wasm).unwrap().1,
+        cache
+            .load_or_compile::<Component>(&runtime, &digest, &wasm)
+            .unwrap()
+            .1,
         CacheOutcome::Hit
     );
 }

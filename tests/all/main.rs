@@ -3,7 +3,10 @@
 
 mod accuracy;
 mod cache;
+mod commands;
+mod compile;
 mod errors;
+mod policy;
 mod protocol;
 mod repository;
 mod support;

@@ -460,7 +460,15 @@ async fn signatures_are_checked_before_anything_is_compiled_or_stored() {
     nothing_left(&host);
     let wrong = signing::sign(&stranger, &digits).unwrap();
     let refused = host
-        .upload_signed("signed", &digits, true, Some(&wrong))
+        .upload_with(
+            "signed",
+            airlock::Upload {
+                wasm: &digits,
+                manifest: None,
+                activate: true,
+                signature: Some(&wrong),
+            },
+        )
         .unwrap_err();
     assert!(
         matches!(
@@ -473,8 +481,16 @@ async fn signatures_are_checked_before_anything_is_compiled_or_stored() {
     // A signature over other bytes does not carry over.
     let other = signing::sign(&secret, b"other bytes").unwrap();
     assert!(
-        host.upload_signed("signed", &digits, true, Some(&other))
-            .is_err()
+        host.upload_with(
+            "signed",
+            airlock::Upload {
+                wasm: &digits,
+                manifest: None,
+                activate: true,
+                signature: Some(&other),
+            },
+        )
+        .is_err()
     );
     nothing_left(&host);
 

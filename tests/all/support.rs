@@ -43,6 +43,10 @@ pub fn test_config(data: &Path) -> HostConfig {
     config.max_upload_bytes = MAX_UPLOAD_BYTES;
     config.limits = TEST_LIMITS;
     config.admin_token = Some(ADMIN_TOKEN.to_owned());
+    config.compiler = airlock::compile::Compiler::worker(
+        env!("CARGO_BIN_EXE_airlock-test-worker"),
+        airlock::compile::CompileBudget::default(),
+    );
     config
 }
 
@@ -223,4 +227,39 @@ pub fn argmax(v: &[f64]) -> usize {
         }
     }
     best
+}
+
+/// Uploads `wasm` as a new version of `name` on the shared server: as a
+/// multipart form with a `manifest` part when one is given (encoded by
+/// reqwest, not by Airlock's own client), else as an `application/wasm` body.
+pub async fn upload_with_manifest(
+    client: &reqwest::Client,
+    name: &str,
+    wasm: Vec<u8>,
+    manifest: Option<&str>,
+    activate: bool,
+) -> (u16, serde_json::Value) {
+    let url = server().url(&format!(
+        "/v2/repository/models/{name}/versions?activate={activate}"
+    ));
+    let request = client.post(url).bearer_auth(ADMIN_TOKEN);
+    let request = match manifest {
+        Some(manifest) => {
+            let form = reqwest::multipart::Form::new()
+                .part(
+                    "model",
+                    reqwest::multipart::Part::bytes(wasm)
+                        .file_name("model.wasm")
+                        .mime_str("application/wasm")
+                        .unwrap(),
+                )
+                .text("manifest", manifest.to_owned());
+            request.multipart(form)
+        }
+        None => request
+            .header("content-type", "application/wasm")
+            .body(wasm),
+    };
+    let (status, _, body) = split(request.send().await.unwrap()).await;
+    (status, body)
 }

@@ -32,6 +32,10 @@ enum Command {
         /// Make the new version the active one.
         #[arg(long)]
         activate: bool,
+        /// Policy manifest (TOML or JSON) to upload with it; required for a
+        /// WASI preview 1 command module, whose `[metadata]` it declares.
+        #[arg(long)]
+        policy: Option<PathBuf>,
         /// Detached signature file (from `airlock sign`); `<FILE>.sig` is
         /// used when it exists and this is not given.
         #[arg(long)]
@@ -150,6 +154,12 @@ struct ServeArgs {
     /// Refuse uploads that are not signed by a trusted key.
     #[arg(long, env = "AIRLOCK_REQUIRE_SIGNATURES", requires = "trusted_keys")]
     require_signatures: bool,
+    /// Wall-clock budget for compiling one uploaded module, in seconds.
+    #[arg(long, env = "AIRLOCK_COMPILE_TIMEOUT_SECS", default_value_t = 120)]
+    compile_timeout_secs: u64,
+    /// Memory budget (heap and stacks) of the process compiling one uploaded module, in MiB.
+    #[arg(long, env = "AIRLOCK_COMPILE_MEMORY_MIB", default_value_t = 2048)]
+    compile_memory_mib: u64,
     /// Bearer token of the repository API. Default: read from (or generated
     /// into) <data-dir>/admin-token.
     #[arg(long, env = "AIRLOCK_ADMIN_TOKEN", hide_env_values = true)]
@@ -165,6 +175,8 @@ fn parse_model(s: &str) -> Result<(String, PathBuf), String> {
 }
 
 fn main() -> std::process::ExitCode {
+    // Uploaded wasm is compiled by this same binary in a bounded child process.
+    airlock::compile::run_worker_if_requested();
     airlock::init_tracing();
     let cli = Cli::parse();
     let result = match cli.command {
@@ -173,9 +185,10 @@ fn main() -> std::process::ExitCode {
             file,
             name,
             activate,
+            policy,
             signature,
             remote,
-        } => push(&file, &name, activate, signature, remote),
+        } => push(&file, &name, activate, policy, signature, remote),
         Command::Keygen { out } => keygen(&out),
         Command::Sign { file, key } => sign(&file, &key),
         Command::Models { remote } => models(remote),
@@ -205,10 +218,16 @@ fn push(
     file: &std::path::Path,
     name: &str,
     activate: bool,
+    policy: Option<PathBuf>,
     signature: Option<PathBuf>,
     remote: Remote,
 ) -> anyhow::Result<()> {
     let wasm = std::fs::read(file).with_context(|| format!("failed to read {}", file.display()))?;
+    let manifest = policy
+        .map(|path| {
+            std::fs::read(&path).with_context(|| format!("failed to read {}", path.display()))
+        })
+        .transpose()?;
     let signature = match signature {
         Some(path) => Some(
             std::fs::read_to_string(&path)
@@ -230,6 +249,7 @@ fn push(
     let result = client.push(
         name,
         wasm,
+        manifest.as_deref(),
         activate,
         signature.as_deref(),
         move |sent, _| progress.set_position(sent),
@@ -320,6 +340,11 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     config.max_upload_bytes = args.max_upload_bytes;
     config.trusted_keys = airlock::signing::TrustedKeys::from_files(&args.trusted_keys)?;
     config.require_signatures = args.require_signatures;
+    config.compiler = airlock::compile::Compiler::current_exe(airlock::compile::CompileBudget {
+        time: Duration::from_secs(args.compile_timeout_secs),
+        memory_bytes: args.compile_memory_mib << 20,
+        ..Default::default()
+    })?;
     let token_path = args.data_dir.join("admin-token");
     let token_created = match args.admin_token.clone() {
         Some(token) => {

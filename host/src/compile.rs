@@ -1,0 +1,366 @@
+//! Compiling untrusted WebAssembly in a bounded worker process.
+//!
+//! Compilation is the one place where bytes a client sent meet a large
+//! optimising compiler, so it is the host's attack surface: a hostile
+//! component can be crafted to make Cranelift take minutes or gigabytes.
+//! [`Compiler::Worker`] therefore compiles in a child process (the host's
+//! own binary, re-run with [`WORKER_ARG`]) with a memory limit
+//! (`RLIMIT_DATA`: its heap and other private writable memory) and a
+//! wall-clock budget after which it is killed; at most
+//! [`CompileBudget::workers`] compile at once. A compilation that blows its
+//! budget, or crashes the compiler, costs the child, never the server.
+//!
+//! What it does not defend against: a compiler bug that turns hostile input
+//! into hostile machine code. The worker's output is deserialized and run by
+//! the server (in the sandbox), exactly as an in-process compile's would be.
+
+use std::io::{Read as _, Write as _};
+use std::os::unix::process::{CommandExt as _, ExitStatusExt as _};
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+use wasmtime::Engine;
+
+use crate::engine::EngineConfig;
+
+/// The first argument that turns the host's binary into a compile worker.
+pub const WORKER_ARG: &str = "__airlock-compile-worker";
+
+/// Exit status of a worker whose input failed to compile.
+const EXIT_INVALID: i32 = 2;
+
+/// Most bytes of a worker's stderr kept for the error message.
+const MAX_STDERR: u64 = 16 << 10;
+
+/// What the compiled bytes are.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ArtifactKind {
+    /// A component (the `model` and `policy` worlds).
+    Component,
+    /// A core module (WASI preview 1 command models).
+    Module,
+}
+
+impl ArtifactKind {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Component => "component",
+            Self::Module => "module",
+        }
+    }
+}
+
+/// The resources one compilation may use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CompileBudget {
+    /// Wall-clock time, from spawning the worker to its exit.
+    pub time: Duration,
+    /// Private writable memory (heap, stacks) of the worker process, in
+    /// bytes: its `RLIMIT_DATA`. (Not `RLIMIT_AS`: the allocator reserves
+    /// address space per thread, so that limit tracks thread count rather
+    /// than use.) Compiling the 16 MB tract guest peaks at about 480 MB.
+    pub memory_bytes: u64,
+    /// How many compilations may run at once; more wait their turn.
+    pub workers: usize,
+}
+
+impl Default for CompileBudget {
+    fn default() -> Self {
+        Self {
+            // The 16 MB tract guest takes about 13 s on an idle 2-core
+            // machine and more under load; a 5 MB component well under 1 s.
+            time: Duration::from_secs(120),
+            memory_bytes: 2 << 30,
+            workers: 2,
+        }
+    }
+}
+
+/// Why compiling failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum CompileError {
+    /// The bytes do not compile (invalid wasm, unsupported feature).
+    #[error("{0}")]
+    Invalid(String),
+    /// The worker ran past its time budget and was killed.
+    #[error("compilation exceeded its time budget of {0:?}")]
+    Time(Duration),
+    /// The worker ran out of its memory budget.
+    #[error("compilation exceeded its memory budget of {} MiB", .0 >> 20)]
+    Memory(u64),
+    /// The worker died some other way.
+    #[error("the compiler process failed: {0}")]
+    Crashed(String),
+    /// The worker could not be run at all (a host problem).
+    #[error("could not run the compile worker: {0:#}")]
+    Host(anyhow::Error),
+}
+
+impl CompileError {
+    /// Whether the fault lies with the input (a 4xx) rather than the host.
+    pub fn is_input_fault(&self) -> bool {
+        !matches!(self, Self::Host(_))
+    }
+}
+
+/// How a host compiles wasm.
+#[derive(Debug, Clone)]
+pub enum Compiler {
+    /// On the calling thread, unbounded. For trusted bytes (benchmarks,
+    /// library users that compile their own models).
+    InProcess,
+    /// In a child process of `exe` (which must call
+    /// [`run_worker_if_requested`] first thing in `main`), under `budget`.
+    Worker {
+        /// The executable re-run as the worker.
+        exe: PathBuf,
+        /// The limits of each compilation.
+        budget: CompileBudget,
+        /// Bounds concurrent compilations.
+        slots: Arc<Slots>,
+    },
+}
+
+impl Compiler {
+    /// A worker-process compiler running `exe` under `budget`.
+    pub fn worker(exe: impl Into<PathBuf>, budget: CompileBudget) -> Self {
+        Self::Worker {
+            exe: exe.into(),
+            budget,
+            slots: Arc::new(Slots::new(budget.workers.max(1))),
+        }
+    }
+
+    /// A worker-process compiler that re-runs the current executable.
+    pub fn current_exe(budget: CompileBudget) -> anyhow::Result<Self> {
+        Ok(Self::worker(std::env::current_exe()?, budget))
+    }
+
+    /// Compiles `wasm` to a serialized artifact for an engine built from
+    /// `config` (see [`crate::engine::wasm_config`]).
+    pub fn precompile(
+        &self,
+        engine: &Engine,
+        config: &EngineConfig,
+        kind: ArtifactKind,
+        wasm: &[u8],
+    ) -> Result<Vec<u8>, CompileError> {
+        match self {
+            Self::InProcess => precompile_with(engine, kind, wasm)
+                .map_err(|e| CompileError::Invalid(format!("{e:#}"))),
+            Self::Worker { exe, budget, slots } => {
+                let _slot = slots.acquire();
+                run_worker(exe, budget, config, kind, wasm)
+            }
+        }
+    }
+}
+
+fn precompile_with(engine: &Engine, kind: ArtifactKind, wasm: &[u8]) -> wasmtime::Result<Vec<u8>> {
+    match kind {
+        ArtifactKind::Component => engine.precompile_component(wasm),
+        ArtifactKind::Module => engine.precompile_module(wasm),
+    }
+}
+
+fn run_worker(
+    exe: &std::path::Path,
+    budget: &CompileBudget,
+    config: &EngineConfig,
+    kind: ArtifactKind,
+    wasm: &[u8],
+) -> Result<Vec<u8>, CompileError> {
+    let started = Instant::now();
+    let mut command = Command::new(exe);
+    command
+        .arg(WORKER_ARG)
+        .arg(kind.as_str())
+        .arg(config.max_memory_bytes.to_string())
+        .arg(config.max_instances.to_string())
+        .arg(config.max_wasm_stack.to_string())
+        .env_clear()
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let memory = budget.memory_bytes;
+    // SAFETY: setrlimit is async-signal-safe and touches no memory of the
+    // parent; nothing else runs between fork and exec.
+    unsafe {
+        command.pre_exec(move || {
+            let limit = |max: u64| libc::rlimit {
+                rlim_cur: max,
+                rlim_max: max,
+            };
+            if libc::setrlimit(libc::RLIMIT_DATA, &limit(memory)) != 0
+                || libc::setrlimit(libc::RLIMIT_CORE, &limit(0)) != 0
+            {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let mut child = command
+        .spawn()
+        .map_err(|e| CompileError::Host(anyhow::anyhow!("spawning {}: {e}", exe.display())))?;
+
+    let mut stdin = child.stdin.take().expect("stdin is piped");
+    let mut stdout = child.stdout.take().expect("stdout is piped");
+    let stderr = child.stderr.take().expect("stderr is piped");
+    std::thread::scope(|scope| {
+        // A worker that dies early closes its stdin: the write error is
+        // expected then, and the exit status tells the story.
+        scope.spawn(move || {
+            let _ = stdin.write_all(wasm);
+        });
+        let output = scope.spawn(move || {
+            let mut bytes = Vec::new();
+            stdout.read_to_end(&mut bytes).map(|_| bytes)
+        });
+        let errors = scope.spawn(move || {
+            let mut text = String::new();
+            let _ = stderr.take(MAX_STDERR).read_to_string(&mut text);
+            text
+        });
+
+        let mut pause = Duration::from_micros(500);
+        let status = loop {
+            match child.try_wait() {
+                Ok(Some(status)) => break status,
+                Ok(None) => {}
+                Err(e) => return Err(CompileError::Host(e.into())),
+            }
+            if started.elapsed() > budget.time {
+                // The readers finish once the killed child's pipes close.
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(CompileError::Time(budget.time));
+            }
+            std::thread::sleep(pause);
+            pause = (pause * 2).min(Duration::from_millis(10));
+        };
+        let output = output.join().expect("reader thread");
+        let message = errors.join().expect("stderr thread");
+        let message = message.trim();
+        if status.success() {
+            return output.map_err(|e| CompileError::Host(e.into()));
+        }
+        let out_of_memory = [
+            "memory allocation of",
+            "out of memory",
+            "Cannot allocate memory",
+        ]
+        .iter()
+        .any(|needle| message.contains(needle));
+        if out_of_memory {
+            return Err(CompileError::Memory(budget.memory_bytes));
+        }
+        match (status.code(), status.signal()) {
+            (Some(EXIT_INVALID), _) => Err(CompileError::Invalid(message.to_owned())),
+            (_, Some(signal)) => Err(CompileError::Crashed(format!(
+                "killed by signal {signal}{}",
+                if message.is_empty() {
+                    String::new()
+                } else {
+                    format!(": {message}")
+                }
+            ))),
+            (code, _) => Err(CompileError::Crashed(format!(
+                "exited with status {code:?}: {message}"
+            ))),
+        }
+    })
+}
+
+/// If this process was started as a compile worker, compiles stdin to stdout
+/// and exits; otherwise returns at once. Call it first thing in `main` of
+/// every binary a [`Compiler::Worker`] may name.
+pub fn run_worker_if_requested() {
+    let mut args = std::env::args();
+    if args.nth(1).as_deref() != Some(WORKER_ARG) {
+        return;
+    }
+    let rest: Vec<String> = args.collect();
+    let code = match worker_main(&rest) {
+        Ok(()) => 0,
+        Err(WorkerFailure::Invalid(message)) => {
+            eprintln!("{message}");
+            EXIT_INVALID
+        }
+        Err(WorkerFailure::Usage(message)) => {
+            eprintln!("compile worker: {message}");
+            64
+        }
+    };
+    std::process::exit(code);
+}
+
+enum WorkerFailure {
+    Invalid(String),
+    Usage(String),
+}
+
+fn worker_main(args: &[String]) -> Result<(), WorkerFailure> {
+    let usage = || WorkerFailure::Usage(format!("bad arguments {args:?}"));
+    let [kind, max_memory_bytes, max_instances, max_wasm_stack] = args else {
+        return Err(usage());
+    };
+    let kind = match kind.as_str() {
+        "component" => ArtifactKind::Component,
+        "module" => ArtifactKind::Module,
+        _ => return Err(usage()),
+    };
+    let config = EngineConfig {
+        max_memory_bytes: max_memory_bytes.parse().map_err(|_| usage())?,
+        max_instances: max_instances.parse().map_err(|_| usage())?,
+        max_wasm_stack: max_wasm_stack.parse().map_err(|_| usage())?,
+    };
+    let engine = Engine::new(&crate::engine::wasm_config(&config))
+        .map_err(|e| WorkerFailure::Usage(format!("engine: {e:#}")))?;
+    let mut wasm = Vec::new();
+    std::io::stdin()
+        .read_to_end(&mut wasm)
+        .map_err(|e| WorkerFailure::Usage(format!("reading stdin: {e}")))?;
+    let bytes = precompile_with(&engine, kind, &wasm)
+        .map_err(|e| WorkerFailure::Invalid(format!("{e:#}")))?;
+    std::io::stdout()
+        .lock()
+        .write_all(&bytes)
+        .map_err(|e| WorkerFailure::Usage(format!("writing stdout: {e}")))
+}
+
+/// A counting semaphore for blocking threads.
+#[derive(Debug)]
+pub struct Slots {
+    free: Mutex<usize>,
+    released: Condvar,
+}
+
+impl Slots {
+    fn new(count: usize) -> Self {
+        Self {
+            free: Mutex::new(count),
+            released: Condvar::new(),
+        }
+    }
+
+    fn acquire(&self) -> SlotGuard<'_> {
+        let mut free = self.free.lock().unwrap_or_else(|p| p.into_inner());
+        while *free == 0 {
+            free = self.released.wait(free).unwrap_or_else(|p| p.into_inner());
+        }
+        *free -= 1;
+        SlotGuard(self)
+    }
+}
+
+struct SlotGuard<'a>(&'a Slots);
+
+impl Drop for SlotGuard<'_> {
+    fn drop(&mut self) {
+        *self.0.free.lock().unwrap_or_else(|p| p.into_inner()) += 1;
+        self.0.released.notify_one();
+    }
+}

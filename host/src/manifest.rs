@@ -1,0 +1,351 @@
+//! A model's manifest: the policy uploaded with it and, for WASI preview 1
+//! command modules (which cannot describe themselves), its metadata.
+//!
+//! TOML or JSON (JSON when the text starts with `{`); unknown fields are
+//! refused, naming the field. Every setting is optional: what is missing
+//! comes from the server's configuration. Example:
+//!
+//! ```toml
+//! memory_mib = 64          # linear memory cap per request
+//! deadline_ms = 250        # wall-clock budget per call
+//! max_request_bytes = 65536
+//! max_elements = 6400      # tensor elements over all inputs
+//! max_concurrency = 4      # requests in flight; more get 503 + Retry-After
+//! api_keys = ["sha256:9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"]
+//! require_signatures = true
+//!
+//! [metadata]               # WASI preview 1 command modules only
+//! version = "1"
+//! platform = "wasi-p1"
+//! inputs = [{ name = "input", datatype = "FP32", shape = [-1, 64] }]
+//! outputs = [{ name = "probabilities", datatype = "FP32", shape = [-1, 10] }]
+//! ```
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest as _, Sha256};
+
+use crate::bindings::{Datatype, ModelMetadata, TensorSpec};
+use crate::engine::Limits;
+
+/// Largest memory cap a manifest may ask for: all of wasm32's 4 GiB.
+const MAX_MEMORY_MIB: u64 = 4096;
+/// Longest deadline a manifest may ask for.
+const MAX_DEADLINE_MS: u64 = 60_000;
+
+/// The manifest as uploaded (after validation; API keys are stored hashed).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Manifest {
+    /// Linear memory cap per request, in MiB.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_mib: Option<u64>,
+    /// Deadline of one call into the model, in milliseconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deadline_ms: Option<u64>,
+    /// Largest inference request body, in bytes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_request_bytes: Option<u64>,
+    /// Most tensor elements over all inputs of one request.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_elements: Option<u64>,
+    /// Most requests in flight at once; the rest get 503 with Retry-After.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_concurrency: Option<u32>,
+    /// Callers allowed to infer, as `sha256:<hex>` of the key (a plain key is
+    /// accepted at upload and stored hashed). Empty: anyone may infer.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub api_keys: Vec<String>,
+    /// Refuse later uploads to this model unless signed by a trusted key.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub require_signatures: bool,
+    /// The metadata of a WASI preview 1 command module.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metadata: Option<CommandMetadata>,
+}
+
+fn is_false(b: &bool) -> bool {
+    !b
+}
+
+/// What a WASI preview 1 command module declares through its manifest.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CommandMetadata {
+    /// The model's own version string.
+    #[serde(default = "default_version")]
+    pub version: String,
+    /// The platform reported in metadata.
+    #[serde(default = "default_platform")]
+    pub platform: String,
+    /// Inputs the model takes.
+    pub inputs: Vec<SpecEntry>,
+    /// Outputs the model produces.
+    pub outputs: Vec<SpecEntry>,
+}
+
+fn default_version() -> String {
+    "1".into()
+}
+
+fn default_platform() -> String {
+    "wasi-p1".into()
+}
+
+/// One tensor of [`CommandMetadata`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SpecEntry {
+    /// Tensor name.
+    pub name: String,
+    /// An Open Inference Protocol datatype (`FP32`, `INT64`, `BYTES`, …).
+    pub datatype: String,
+    /// Shape; -1 for a variable dimension.
+    pub shape: Vec<i64>,
+}
+
+impl Manifest {
+    /// Parses and validates a manifest; plain API keys come back hashed.
+    /// Errors name the offending field.
+    pub fn parse(text: &[u8]) -> Result<Self, String> {
+        let text = std::str::from_utf8(text).map_err(|_| "the manifest is not UTF-8".to_owned())?;
+        let mut manifest: Self = if text.trim_start().starts_with('{') {
+            serde_json::from_str(text).map_err(|e| format!("invalid manifest (JSON): {e}"))?
+        } else {
+            toml::from_str(text).map_err(|e| format!("invalid manifest (TOML): {e}"))?
+        };
+        manifest.validate()?;
+        Ok(manifest)
+    }
+
+    fn validate(&mut self) -> Result<(), String> {
+        check_range("memory_mib", self.memory_mib, 1, MAX_MEMORY_MIB)?;
+        check_range("deadline_ms", self.deadline_ms, 1, MAX_DEADLINE_MS)?;
+        check_range("max_request_bytes", self.max_request_bytes, 2, u64::MAX)?;
+        check_range("max_elements", self.max_elements, 1, u64::MAX)?;
+        check_range(
+            "max_concurrency",
+            self.max_concurrency.map(u64::from),
+            1,
+            100_000,
+        )?;
+        for key in &mut self.api_keys {
+            *key = hash_key_entry(key)?;
+        }
+        if let Some(metadata) = &self.metadata {
+            metadata.to_model_metadata("")?;
+        }
+        Ok(())
+    }
+
+    /// The policy in force for a model with this manifest on a server whose
+    /// defaults are `defaults`.
+    pub fn policy(&self, defaults: &Policy) -> Policy {
+        let mut policy = defaults.clone();
+        if let Some(mib) = self.memory_mib {
+            policy.limits.memory_bytes = usize::try_from(mib << 20).unwrap_or(usize::MAX);
+        }
+        if let Some(ms) = self.deadline_ms {
+            policy.limits.deadline = Duration::from_millis(ms);
+        }
+        if let Some(bytes) = self.max_request_bytes {
+            policy.max_request_bytes = usize::try_from(bytes).unwrap_or(usize::MAX);
+        }
+        if let Some(elements) = self.max_elements {
+            policy.max_elements = elements;
+        }
+        if self.max_concurrency.is_some() {
+            policy.max_concurrency = self.max_concurrency;
+        }
+        policy.api_keys = self.api_keys.clone();
+        policy.require_signatures |= self.require_signatures;
+        policy
+    }
+}
+
+fn check_range(field: &str, value: Option<u64>, min: u64, max: u64) -> Result<(), String> {
+    match value {
+        Some(v) if v < min || v > max => Err(format!(
+            "manifest field `{field}` is {v}; it must be between {min} and {max}"
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// `sha256:<hex>` stays as it is (lowercased); anything else is a plain key,
+/// hashed so that the store never holds it.
+fn hash_key_entry(entry: &str) -> Result<String, String> {
+    if let Some(hex) = entry.strip_prefix("sha256:") {
+        if hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Ok(format!("sha256:{}", hex.to_ascii_lowercase()));
+        }
+        return Err(
+            "manifest field `api_keys`: `sha256:` must be followed by 64 hex digits".into(),
+        );
+    }
+    if entry.len() < 16 {
+        return Err("manifest field `api_keys`: a key must be at least 16 characters".into());
+    }
+    Ok(hash_key(entry))
+}
+
+/// How an API key is stored and compared: `sha256:<hex>`.
+pub fn hash_key(key: &str) -> String {
+    format!("sha256:{}", hex::encode(Sha256::digest(key.as_bytes())))
+}
+
+impl CommandMetadata {
+    /// The metadata the model is served with, named `name`.
+    pub fn to_model_metadata(&self, name: &str) -> Result<ModelMetadata, String> {
+        let specs = |field: &str, entries: &[SpecEntry]| {
+            entries
+                .iter()
+                .map(|entry| {
+                    let datatype = Datatype::parse(&entry.datatype).ok_or_else(|| {
+                        format!(
+                            "manifest field `metadata.{field}`: {:?} has unknown datatype {:?}",
+                            entry.name, entry.datatype
+                        )
+                    })?;
+                    Ok(TensorSpec {
+                        name: entry.name.clone(),
+                        datatype,
+                        shape: entry.shape.clone(),
+                    })
+                })
+                .collect::<Result<Vec<_>, String>>()
+        };
+        let metadata = ModelMetadata {
+            name: name.to_owned(),
+            version: self.version.clone(),
+            platform: self.platform.clone(),
+            inputs: specs("inputs", &self.inputs)?,
+            outputs: specs("outputs", &self.outputs)?,
+        };
+        crate::model::validate_metadata(&metadata)
+            .map_err(|e| format!("manifest field `metadata`: {e}"))?;
+        Ok(metadata)
+    }
+}
+
+/// The policy in force for one model: the server's defaults overridden by
+/// its manifest.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Policy {
+    /// Sandbox limits of each call.
+    #[serde(serialize_with = "serialize_limits")]
+    pub limits: Limits,
+    /// Largest inference request body, in bytes.
+    pub max_request_bytes: usize,
+    /// Most tensor elements over all inputs of one request.
+    pub max_elements: u64,
+    /// Most requests in flight; `None`: bounded only by the server.
+    pub max_concurrency: Option<u32>,
+    /// Hashed keys allowed to infer (`sha256:<hex>`); empty: anyone.
+    #[serde(skip)]
+    pub api_keys: Vec<String>,
+    /// Uploads to this model must be signed.
+    pub require_signatures: bool,
+}
+
+fn serialize_limits<S: serde::Serializer>(limits: &Limits, s: S) -> Result<S::Ok, S::Error> {
+    use serde::ser::SerializeMap as _;
+    let mut map = s.serialize_map(Some(2))?;
+    map.serialize_entry("memory_mib", &(limits.memory_bytes >> 20))?;
+    map.serialize_entry("deadline_ms", &limits.deadline.as_millis())?;
+    map.end()
+}
+
+impl Policy {
+    /// The policy as shown in model metadata: limits, and whether callers
+    /// need a key (never the key hashes themselves).
+    pub fn to_json(&self) -> serde_json::Value {
+        let mut value = serde_json::to_value(self).unwrap_or_default();
+        if let Some(map) = value.as_object_mut() {
+            map.insert(
+                "api_key_required".into(),
+                serde_json::Value::Bool(!self.api_keys.is_empty()),
+            );
+        }
+        value
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn defaults() -> Policy {
+        Policy {
+            limits: Limits::default(),
+            max_request_bytes: 1 << 20,
+            max_elements: 1 << 20,
+            max_concurrency: None,
+            api_keys: Vec::new(),
+            require_signatures: false,
+        }
+    }
+
+    #[test]
+    fn toml_and_json_agree() {
+        let toml =
+            Manifest::parse(b"memory_mib = 64\ndeadline_ms = 250\nmax_concurrency = 2\n").unwrap();
+        let json =
+            Manifest::parse(br#"{"memory_mib": 64, "deadline_ms": 250, "max_concurrency": 2}"#)
+                .unwrap();
+        assert_eq!(toml, json);
+        let policy = toml.policy(&defaults());
+        assert_eq!(policy.limits.memory_bytes, 64 << 20);
+        assert_eq!(policy.limits.deadline, Duration::from_millis(250));
+        assert_eq!(policy.max_concurrency, Some(2));
+        assert_eq!(policy.max_request_bytes, 1 << 20, "default kept");
+    }
+
+    #[test]
+    fn unknown_fields_are_named() {
+        let err = Manifest::parse(b"memory_mb = 64\n").unwrap_err();
+        assert!(err.contains("memory_mb"), "{err}");
+        let err = Manifest::parse(br#"{"deadline": 5}"#).unwrap_err();
+        assert!(err.contains("deadline"), "{err}");
+        let err =
+            Manifest::parse(b"[metadata]\nversion = \"1\"\ninputs = []\noutputs = []\nextra = 1\n")
+                .unwrap_err();
+        assert!(err.contains("extra"), "{err}");
+    }
+
+    #[test]
+    fn out_of_range_values_are_named() {
+        let err = Manifest::parse(b"memory_mib = 0").unwrap_err();
+        assert!(err.contains("memory_mib"), "{err}");
+        let err = Manifest::parse(b"deadline_ms = 3600000").unwrap_err();
+        assert!(err.contains("deadline_ms"), "{err}");
+        let err = Manifest::parse(b"max_concurrency = 0").unwrap_err();
+        assert!(err.contains("max_concurrency"), "{err}");
+    }
+
+    #[test]
+    fn api_keys_are_stored_hashed() {
+        let m = Manifest::parse(b"api_keys = [\"a-long-enough-secret-key\"]").unwrap();
+        assert_eq!(m.api_keys, vec![hash_key("a-long-enough-secret-key")]);
+        assert!(!serde_json::to_string(&m).unwrap().contains("secret"));
+        assert!(Manifest::parse(b"api_keys = [\"short\"]").is_err());
+        assert!(Manifest::parse(b"api_keys = [\"sha256:abc\"]").is_err());
+    }
+
+    #[test]
+    fn command_metadata_is_checked() {
+        let ok = b"[metadata]\ninputs = [{ name = \"x\", datatype = \"FP32\", shape = [-1, 4] }]\n\
+                   outputs = [{ name = \"y\", datatype = \"INT64\", shape = [-1] }]\n";
+        let m = Manifest::parse(ok).unwrap();
+        let meta = m.metadata.unwrap().to_model_metadata("m").unwrap();
+        assert_eq!(meta.platform, "wasi-p1");
+        assert_eq!(meta.inputs[0].datatype, Datatype::Fp32);
+        let bad = b"[metadata]\ninputs = [{ name = \"x\", datatype = \"FLOAT\", shape = [1] }]\n\
+                    outputs = [{ name = \"y\", datatype = \"FP32\", shape = [1] }]\n";
+        let err = Manifest::parse(bad).unwrap_err();
+        assert!(err.contains("FLOAT"), "{err}");
+        let none = b"[metadata]\ninputs = []\noutputs = [{ name = \"y\", datatype = \"FP32\", shape = [1] }]\n";
+        assert!(Manifest::parse(none).is_err());
+    }
+}

@@ -110,7 +110,10 @@ struct TableCapExceeded {
 
 /// What each component store holds: an empty WASI context and the limiter.
 pub struct SandboxState {
-    wasi: WasiCtx,
+    /// Built on the guest's first WASI call: a pure-compute model makes
+    /// none per request, and building one (random sources, clocks, stdio)
+    /// is a measurable share of a fresh sandbox's cost.
+    wasi: Option<WasiCtx>,
     table: ResourceTable,
     caps: Caps,
 }
@@ -130,7 +133,7 @@ struct Caps {
 impl WasiView for SandboxState {
     fn ctx(&mut self) -> WasiCtxView<'_> {
         WasiCtxView {
-            ctx: &mut self.wasi,
+            ctx: self.wasi.get_or_insert_with(|| sandbox_wasi().build()),
             table: &mut self.table,
         }
     }
@@ -304,11 +307,10 @@ impl Runtime {
     /// A fresh store armed with `limits`: memory and table caps, a deadline,
     /// a bounded resource table and an empty WASI context.
     pub fn new_store(&self, limits: Limits) -> Store<SandboxState> {
-        let wasi = sandbox_wasi().build();
         let mut table = ResourceTable::new();
         table.set_max_capacity(limits.host_resources);
         let state = SandboxState {
-            wasi,
+            wasi: None,
             table,
             caps: Caps { limits },
         };
@@ -519,12 +521,10 @@ impl ArtifactCache {
         sidecar: &Path,
     ) -> Option<T> {
         let expected = std::fs::read_to_string(sidecar).ok()?;
-        let bytes = std::fs::read(artifact).ok()?;
-        if checksum(&bytes) != expected.trim() {
+        if file_checksum(artifact).ok()? != expected.trim() {
             tracing::warn!(artifact = %artifact.display(), "compiled artifact failed its checksum; recompiling");
             return None;
         }
-        drop(bytes);
         // SAFETY: the file was written by this host (its checksum matches
         // the sidecar written alongside it) and is only ever replaced by rename,
         // never modified in place, so the mapping stays valid.
@@ -575,6 +575,22 @@ impl Artifact for wasmtime::Module {
         // SAFETY: forwarded to the caller.
         unsafe { wasmtime::Module::deserialize_file(engine, path) }
     }
+}
+
+/// The checksum of a file, streamed through a small buffer: no copy of a
+/// (possibly 50 MB) artifact on the heap just to hash it.
+fn file_checksum(path: &Path) -> std::io::Result<String> {
+    use std::io::Read as _;
+    let mut file = std::fs::File::open(path)?;
+    let mut hasher = xxhash_rust::xxh3::Xxh3::new();
+    let mut buffer = vec![0u8; 256 << 10];
+    loop {
+        match file.read(&mut buffer)? {
+            0 => break,
+            n => hasher.update(&buffer[..n]),
+        }
+    }
+    Ok(format!("{:032x}", hasher.digest128()))
 }
 
 /// The artifact checksum: XXH3-128 in hex.

@@ -127,6 +127,7 @@ impl LoadedModel {
         let command_metadata = manifest.and_then(|m| m.metadata.as_ref());
         let digest = sha256_hex(wasm);
         let limits = policy.limits;
+        let compile;
         let (backend, metadata, outcome) = match wasm_kind(wasm) {
             WasmKind::Component => {
                 if command_metadata.is_some() {
@@ -139,6 +140,7 @@ impl LoadedModel {
                 let (component, outcome) = cache
                     .load_or_compile::<Component>(runtime, &digest, wasm)
                     .map_err(LoadError::from_artifact)?;
+                compile = start.elapsed();
                 let (pre, metadata) = link_component(runtime, &component, &limits)?;
                 (Backend::Component(pre), metadata, outcome)
             }
@@ -158,6 +160,7 @@ impl LoadedModel {
                 let (module, outcome) = cache
                     .load_or_compile::<wasmtime::Module>(runtime, &digest, wasm)
                     .map_err(LoadError::from_artifact)?;
+                compile = start.elapsed();
                 let pre = link_command(runtime, &module, &limits)?;
                 (Backend::Command(pre), metadata, outcome)
             }
@@ -167,7 +170,6 @@ impl LoadedModel {
                 ));
             }
         };
-        let compile = start.elapsed();
 
         let model = Self {
             name: name.to_owned(),

@@ -236,6 +236,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v2", get(server_metadata))
         .route("/v2/health/live", get(live))
         .route("/v2/health/ready", get(ready))
+        .route("/metrics", get(metrics))
         .route("/v2/models/{name}", get(model_metadata))
         .route(
             "/v2/models/{name}/versions/{version}",
@@ -375,7 +376,7 @@ async fn infer(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     let model = lookup(&state, &name, None)?;
-    run_infer(model, &headers, body).await
+    observed(model, &headers, body).await
 }
 
 async fn infer_version(
@@ -385,7 +386,45 @@ async fn infer_version(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     let model = lookup(&state, &name, Some(&version))?;
-    run_infer(model, &headers, body).await
+    observed(model, &headers, body).await
+}
+
+/// Runs an inference and records it in the model's metrics.
+async fn observed(
+    model: Arc<LoadedModel>,
+    headers: &HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let started = std::time::Instant::now();
+    let result = run_infer(Arc::clone(&model), headers, body).await;
+    let (status, failure) = match &result {
+        Ok(response) => (response.status(), None),
+        Err(error) => (error.status(), error.kind()),
+    };
+    model
+        .stats()
+        .record(status.as_u16(), failure, started.elapsed());
+    result
+}
+
+/// `GET /metrics`: Prometheus text, per served model version. Needs the
+/// admin token: traffic per model is not for every caller to see.
+async fn metrics(_: crate::admin::Admin, State(state): State<AppState>) -> Response {
+    let entries = state.registry.entries();
+    let models = entries.iter().flat_map(|(name, entry)| {
+        entry
+            .versions
+            .iter()
+            .map(move |(version, model)| (name.as_str(), version.as_str(), model.stats()))
+    });
+    (
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; version=0.0.4"),
+        )],
+        crate::metrics::render(models),
+    )
+        .into_response()
 }
 
 /// Checks the caller's API key against the model's policy: any caller when

@@ -125,9 +125,17 @@ pub struct CommandState {
     caps: Caps,
 }
 
-/// The memory and table caps of one store.
+/// The memory and table caps of one store, and the most memory it had.
 struct Caps {
     limits: Limits,
+    peak_memory: usize,
+}
+
+impl SandboxState {
+    /// The largest linear memory size the guest reached, in bytes.
+    pub fn peak_memory(&self) -> usize {
+        self.caps.peak_memory
+    }
 }
 
 impl WasiView for SandboxState {
@@ -142,16 +150,18 @@ impl WasiView for SandboxState {
 impl wasmtime::ResourceLimiter for Caps {
     fn memory_growing(
         &mut self,
-        _current: usize,
+        current: usize,
         desired: usize,
         _maximum: Option<usize>,
     ) -> wasmtime::Result<bool> {
         if desired > self.limits.memory_bytes {
+            self.peak_memory = self.peak_memory.max(current);
             return Err(wasmtime::Error::new(MemoryCapExceeded {
                 cap: self.limits.memory_bytes,
                 desired,
             }));
         }
+        self.peak_memory = self.peak_memory.max(desired);
         Ok(true)
     }
 
@@ -312,7 +322,10 @@ impl Runtime {
         let state = SandboxState {
             wasi: None,
             table,
-            caps: Caps { limits },
+            caps: Caps {
+                limits,
+                peak_memory: 0,
+            },
         };
         let mut store = Store::new(&self.engine, state);
         store.limiter(|state| &mut state.caps);
@@ -337,7 +350,10 @@ impl Runtime {
             .build_p1();
         let state = CommandState {
             wasi,
-            caps: Caps { limits },
+            caps: Caps {
+                limits,
+                peak_memory: 0,
+            },
         };
         let mut store = Store::new(&self.engine, state);
         store.limiter(|state| &mut state.caps);

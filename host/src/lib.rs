@@ -23,6 +23,7 @@ pub mod client;
 pub mod compile;
 pub mod engine;
 pub mod manifest;
+pub mod metrics;
 pub mod model;
 pub mod oip;
 pub mod registry;

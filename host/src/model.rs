@@ -86,6 +86,7 @@ pub struct LoadedModel {
     policy: Policy,
     backend: Backend,
     inflight: Arc<AtomicU32>,
+    stats: crate::metrics::ModelStats,
     runtime: Runtime,
 }
 
@@ -179,6 +180,7 @@ impl LoadedModel {
             policy,
             backend,
             inflight: Arc::default(),
+            stats: crate::metrics::ModelStats::default(),
             runtime: runtime.clone(),
         };
         let report = LoadReport {
@@ -223,6 +225,11 @@ impl LoadedModel {
         &self.policy
     }
 
+    /// Request counters and latencies of this version.
+    pub fn stats(&self) -> &crate::metrics::ModelStats {
+        &self.stats
+    }
+
     /// The limits armed on every request to this model.
     pub fn limits(&self) -> &Limits {
         &self.policy.limits
@@ -258,14 +265,23 @@ impl LoadedModel {
         let limits = &self.policy.limits;
         match &self.backend {
             Backend::Component(pre) => {
+                let started = Instant::now();
                 let mut store = self.runtime.new_store(*limits);
                 let model = pre
                     .instantiate(&mut store)
                     .map_err(|e| classify(e, limits))?;
-                model
+                let result = model
                     .airlock_inference_inference()
                     .call_infer(&mut store, request)
-                    .map_err(|e| classify(e, limits))
+                    .map_err(|e| classify(e, limits));
+                tracing::debug!(
+                    model = %self.name,
+                    version = %self.version,
+                    peak_memory_bytes = store.data().peak_memory(),
+                    micros = started.elapsed().as_micros() as u64,
+                    "sandbox call finished"
+                );
+                result
             }
             Backend::Command(pre) => self.run_command(pre, request),
         }

@@ -223,3 +223,42 @@ async fn a_saturated_model_answers_503_and_others_keep_serving() {
     let (status, _, body) = post_json(&client, &url, &request("echo")).await;
     assert_eq!(status, 200, "{body}");
 }
+
+#[tokio::test]
+async fn metrics_count_requests_by_status_and_failure_kind() {
+    let s = server();
+    let client = s.client();
+    let misbehave = std::fs::read(airlock_artifacts::MISBEHAVE).unwrap();
+    let (status, body) =
+        upload_with_manifest(&client, "metrics-probe", misbehave, None, true).await;
+    assert_eq!(status, 201, "{body}");
+    let url = s.url("/v2/models/metrics-probe/infer");
+    for (mode, want) in [("echo", 200), ("echo", 200), ("trap", 500)] {
+        let request = json!({"inputs": [{"name": "x", "shape": [2], "datatype": "FP32", "data": [1, 2]}],
+                             "parameters": {"mode": mode}});
+        let (status, _, body) = post_json(&client, &url, &request).await;
+        assert_eq!(status, want, "{body}");
+    }
+
+    let anonymous = client.get(s.url("/metrics")).send().await.unwrap();
+    assert_eq!(anonymous.status(), 401);
+    let response = client
+        .get(s.url("/metrics"))
+        .bearer_auth(ADMIN_TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let text = response.text().await.unwrap();
+    let series = "model=\"metrics-probe\",version=\"1\"";
+    for line in [
+        format!("airlock_requests_total{{{series},status=\"200\"}} 2"),
+        format!("airlock_requests_total{{{series},status=\"500\"}} 1"),
+        format!("airlock_failures_total{{{series},kind=\"trap\"}} 1"),
+        format!("airlock_failures_total{{{series},kind=\"deadline\"}} 0"),
+        format!("airlock_request_duration_seconds_count{{{series}}} 3"),
+        format!("airlock_request_duration_seconds_bucket{{{series},le=\"+Inf\"}} 3"),
+    ] {
+        assert!(text.contains(&line), "missing {line:?} in:\n{text}");
+    }
+}

@@ -296,9 +296,10 @@ impl LoadedModel {
         let limits = &self.policy.limits;
         let input = serde_json::to_vec(&crate::oip::CommandRequest(request))
             .map_err(|e| GuestFailure::Other(e.into()))?;
-        // A response cannot sensibly be larger than the memory the model
-        // may use; a write past this is an error for the guest.
-        let stdout = MemoryOutputPipe::new(limits.memory_bytes);
+        // The response is collected on the host's heap, outside the guest's
+        // memory cap, so it gets a bound of its own; a write past it fails
+        // in the guest (a trap, then a 500).
+        let stdout = MemoryOutputPipe::new(limits.memory_bytes.min(MAX_COMMAND_OUTPUT));
         let mut store =
             self.runtime
                 .new_command_store(*limits, MemoryInputPipe::new(input), stdout.clone());
@@ -439,6 +440,9 @@ fn link_command(
     }
     Ok(pre)
 }
+
+/// Most bytes a WASI preview 1 command may write on stdout: its response.
+const MAX_COMMAND_OUTPUT: usize = 16 << 20;
 
 /// Import prefixes refused at load time. Models compute; they get no
 /// network. (`wasi:filesystem` is linked, because Rust's standard library

@@ -26,11 +26,12 @@ use serde_json::json;
 use crate::bindings::{GuestError, InferResponse, TensorSpec};
 use crate::engine::GuestFailure;
 use crate::model::LoadedModel;
-use crate::oip::{self, BadRequest, InferResponseBody, RequestLimits};
+use crate::oip::{self, BadRequest, InferResponseBody, RequestLimits, ResponseError};
 use crate::registry::Registry;
 
 /// Header that names the kind of a sandbox failure (`trap`, `deadline`,
-/// `memory`, `capacity`, `model-error`), so clients need not parse messages.
+/// `memory`, `output`, `capacity`, `model-error`, `internal`), so clients
+/// need not parse messages.
 pub const ERROR_KIND_HEADER: &str = "x-airlock-error";
 
 /// What the router serves from.
@@ -89,7 +90,7 @@ pub enum ApiError {
         /// Logged, never sent.
         detail: String,
     },
-    /// 500/503/504/507: the sandbox stopped the model.
+    /// 500/502/503/504/507: the sandbox stopped the model.
     #[error("model {model:?}: {failure}")]
     Sandbox {
         /// The model.
@@ -162,6 +163,8 @@ impl ApiError {
                 GuestFailure::Deadline(_) => StatusCode::GATEWAY_TIMEOUT,
                 GuestFailure::MemoryCap(_) => StatusCode::INSUFFICIENT_STORAGE,
                 GuestFailure::Capacity(_) => StatusCode::SERVICE_UNAVAILABLE,
+                // The model is the upstream here; its answer is unusable.
+                GuestFailure::OutputTooLarge(_) => StatusCode::BAD_GATEWAY,
                 _ => StatusCode::INTERNAL_SERVER_ERROR,
             },
         }
@@ -176,6 +179,7 @@ impl ApiError {
                 GuestFailure::MemoryCap(_) => "memory",
                 GuestFailure::Capacity(_) => "capacity",
                 GuestFailure::Trap(_) => "trap",
+                GuestFailure::OutputTooLarge(_) => "output",
                 _ => "internal",
             }),
             _ => None,
@@ -491,6 +495,7 @@ async fn run_infer(
     };
     let limits = RequestLimits {
         max_elements: policy.max_elements,
+        ..state.host.config().request_limits
     };
     let request = oip::parse_infer_request(&body, model.metadata(), &limits)?;
     drop(body);
@@ -524,13 +529,22 @@ async fn run_infer(
             });
         }
     };
-    let outputs =
-        oip::check_response(response, model.metadata(), &request.outputs).map_err(|detail| {
-            ApiError::ModelFailed {
-                model: model.name().to_owned(),
-                detail,
-            }
-        })?;
+    let outputs = oip::check_response(
+        response,
+        model.metadata(),
+        &request.outputs,
+        &limits,
+    )
+    .map_err(|error| match error {
+        ResponseError::TooLarge(_) => ApiError::Sandbox {
+            model: model.name().to_owned(),
+            failure: GuestFailure::OutputTooLarge(error.to_string()),
+        },
+        _ => ApiError::ModelFailed {
+            model: model.name().to_owned(),
+            detail: error.to_string(),
+        },
+    })?;
     let parameters = [("sha256", model.digest())];
     let body = InferResponseBody {
         model_name: model.name(),

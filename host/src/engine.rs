@@ -11,11 +11,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use sha2::{Digest as _, Sha256};
-use wasmtime::component::{Component, Linker, ResourceTable};
+use wasmtime::component::{Component, Linker, Resource, ResourceTable};
 use wasmtime::{
     Config, Engine, InstanceAllocationStrategy, OptLevel, PoolingAllocationConfig, Store, Trap,
 };
 use wasmtime_wasi::p1::WasiP1Ctx;
+use wasmtime_wasi::p2::{DynPollable, Pollable, subscribe};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 use crate::compile::{ArtifactKind, CompileError, Compiler};
@@ -57,6 +58,14 @@ pub struct Limits {
     pub table_elements: usize,
     /// Cap on host resources (streams, handles) the guest may hold at once.
     pub host_resources: usize,
+    /// Cap on the bytes the host copies out of the guest in one call: the
+    /// response of `infer` (or `metadata`), or the arguments of one WASI
+    /// call. Counted as the host-side size of what is copied, so it bounds
+    /// the host memory a response can claim. Without it a guest could
+    /// return many lists that all point at the same bytes and make the host
+    /// copy a few megabytes of its memory into gigabytes (see
+    /// [`Runtime::new_store`]).
+    pub output_bytes: usize,
 }
 
 impl Default for Limits {
@@ -66,6 +75,7 @@ impl Default for Limits {
             deadline: Duration::from_secs(2),
             table_elements: 20_000,
             host_resources: 64,
+            output_bytes: 64 << 20,
         }
     }
 }
@@ -83,6 +93,9 @@ pub enum GuestFailure {
     /// The guest trapped (a panic, an unreachable, an out-of-bounds access…).
     #[error("the model trapped: {0}")]
     Trap(String),
+    /// The guest answered with more data than the host accepts.
+    #[error("the model's response is over the output limit: {0}")]
+    OutputTooLarge(String),
     /// No sandbox slot was free.
     #[error("no sandbox capacity left: {0}")]
     Capacity(String),
@@ -218,6 +231,45 @@ impl wasmtime_wasi::HostMonotonicClock for FrozenClock {
     }
 }
 
+/// The monotonic-clock interface as wasmtime-wasi 48 defines it; guests
+/// importing any `0.2.x` version are linked to it.
+const WASI_MONOTONIC_CLOCK: &str = "wasi:clocks/monotonic-clock@0.2.12";
+
+/// Makes every sleep end at once.
+///
+/// wasmtime-wasi's `subscribe-duration` and `subscribe-instant` make
+/// pollables that a blocking `poll` waits on inside the host, where the
+/// epoch deadline cannot interrupt: a guest that sleeps for an hour would
+/// hold a host thread for an hour, whatever its deadline (and sleeping
+/// forever is one call away). The sandbox's monotonic clock is frozen
+/// ([`FrozenClock`]), so a pollable that is ready at once is the consistent
+/// answer: no time passes inside the sandbox, so any wait is already over.
+fn link_instant_sleeps(linker: &mut Linker<SandboxState>) -> wasmtime::Result<()> {
+    linker.allow_shadowing(true);
+    let mut clock = linker.instance(WASI_MONOTONIC_CLOCK)?;
+    clock.func_wrap("subscribe-duration", |mut store, (_,): (u64,)| {
+        elapsed_pollable(store.data_mut())
+    })?;
+    clock.func_wrap("subscribe-instant", |mut store, (_,): (u64,)| {
+        elapsed_pollable(store.data_mut())
+    })?;
+    linker.allow_shadowing(false);
+    Ok(())
+}
+
+/// A wait that is over before it starts.
+struct AlreadyElapsed;
+
+#[wasmtime_wasi::async_trait]
+impl Pollable for AlreadyElapsed {
+    async fn ready(&mut self) {}
+}
+
+fn elapsed_pollable(state: &mut SandboxState) -> wasmtime::Result<(Resource<DynPollable>,)> {
+    let elapsed = state.table.push(AlreadyElapsed)?;
+    Ok((subscribe(&mut state.table, elapsed)?,))
+}
+
 /// The process-wide wasmtime runtime.
 #[derive(Clone)]
 pub struct Runtime {
@@ -262,6 +314,7 @@ impl Runtime {
 
         let mut linker = Linker::<SandboxState>::new(&engine);
         wasmtime_wasi::p2::add_to_linker_sync(&mut linker).map_err(anyhow::Error::from)?;
+        link_instant_sleeps(&mut linker).map_err(anyhow::Error::from)?;
         let mut command_linker = wasmtime::Linker::<CommandState>::new(&engine);
         wasmtime_wasi::p1::add_to_linker_sync(&mut command_linker, |state| &mut state.wasi)
             .map_err(anyhow::Error::from)?;
@@ -329,6 +382,10 @@ impl Runtime {
         };
         let mut store = Store::new(&self.engine, state);
         store.limiter(|state| &mut state.caps);
+        // wasmtime counts what it copies out of the guest (lists, strings)
+        // against this "hostcall fuel", per call and per returned value,
+        // in host bytes; the default is 128 MiB.
+        store.set_hostcall_fuel(limits.output_bytes);
         arm_deadline(&mut store, &limits);
         store
     }
@@ -413,9 +470,20 @@ fn spawn_epoch_ticker(engine: &Engine) {
         .expect("failed to spawn the epoch ticker thread");
 }
 
+/// What wasmtime 48 says when a guest's data runs out of hostcall fuel. Its
+/// error type is private, so the message is matched; a test with a real
+/// guest (`tests/all/hostile.rs`) fails if a wasmtime upgrade changes it.
+const HOSTCALL_FUEL_EXHAUSTED: &str = "fuel allocated for hostcalls has been exhausted";
+
 /// Classifies an error from instantiating or calling a guest.
 pub fn classify(error: wasmtime::Error, limits: &Limits) -> GuestFailure {
     for cause in error.chain() {
+        if cause.to_string().contains(HOSTCALL_FUEL_EXHAUSTED) {
+            return GuestFailure::OutputTooLarge(format!(
+                "more than {} bytes copied out of the sandbox in one call",
+                limits.output_bytes
+            ));
+        }
         if cause.downcast_ref::<MemoryCapExceeded>().is_some() {
             return GuestFailure::MemoryCap(limits.memory_bytes);
         }

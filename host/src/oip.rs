@@ -28,19 +28,40 @@ macro_rules! bad {
     ($($arg:tt)*) => { BadRequest(format!($($arg)*)) };
 }
 
-/// Bounds checked while parsing a request.
+/// Bounds checked while parsing a request and before writing a response.
 #[derive(Debug, Clone, Copy)]
 pub struct RequestLimits {
     /// Most tensor elements over all inputs of one request.
     pub max_elements: u64,
+    /// Most tensor elements over all outputs of one response. The bytes a
+    /// model may hand back are bounded in the sandbox
+    /// ([`Limits::output_bytes`](crate::Limits::output_bytes)); this bounds
+    /// the JSON written from them, where one byte of BOOL or UINT8 becomes
+    /// up to six characters.
+    pub max_output_elements: u64,
 }
 
 impl Default for RequestLimits {
     fn default() -> Self {
         Self {
             max_elements: 16 << 20,
+            max_output_elements: 16 << 20,
         }
     }
+}
+
+/// Why a model's response cannot be sent. Either way it is the model's
+/// fault, a 5xx.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ResponseError {
+    /// The response does not fit the model's metadata or the request
+    /// (logged, not sent: it may describe the model's internals).
+    #[error("{0}")]
+    Invalid(String),
+    /// The response is over [`RequestLimits::max_output_elements`].
+    #[error("the response has more than {0} tensor elements")]
+    TooLarge(u64),
 }
 
 #[derive(Deserialize)]
@@ -700,40 +721,59 @@ pub fn parse_command_output(stdout: &[u8]) -> Result<Result<Vec<Tensor>, String>
     Ok(Ok(outputs))
 }
 
-/// Checks a model's response against its metadata and the request, and
-/// keeps only the requested outputs. Errors are the model's fault (a 5xx).
+/// Checks a model's response against its metadata, the request and
+/// `limits`, and keeps only the requested outputs. Each output must be
+/// declared, returned once, of its declared datatype, and hold as many
+/// elements as its shape says.
 pub fn check_response(
     response: InferResponse,
     metadata: &ModelMetadata,
     requested: &[String],
-) -> Result<Vec<Tensor>, String> {
+    limits: &RequestLimits,
+) -> Result<Vec<Tensor>, ResponseError> {
+    use ResponseError::Invalid;
+    let total: u64 = response
+        .outputs
+        .iter()
+        .map(|t| t.data.len() as u64)
+        .fold(0, u64::saturating_add);
+    if total > limits.max_output_elements {
+        return Err(ResponseError::TooLarge(limits.max_output_elements));
+    }
+    let mut seen = HashSet::new();
     let mut outputs = Vec::with_capacity(response.outputs.len());
     for tensor in response.outputs {
         let Some(spec) = metadata.outputs.iter().find(|s| s.name == tensor.name) else {
-            return Err(format!(
+            return Err(Invalid(format!(
                 "the model returned undeclared output {:?}",
                 tensor.name
-            ));
+            )));
         };
+        if !seen.insert(spec.name.as_str()) {
+            return Err(Invalid(format!(
+                "the model returned output {:?} more than once",
+                tensor.name
+            )));
+        }
         if tensor.data.datatype() != spec.datatype {
-            return Err(format!(
+            return Err(Invalid(format!(
                 "output {:?} is {}, declared {}",
                 tensor.name,
                 tensor.data.datatype().as_str(),
                 spec.datatype.as_str()
-            ));
+            )));
         }
         let elements = tensor
             .shape
             .iter()
             .try_fold(1u64, |acc, d| acc.checked_mul(*d));
         if elements != Some(tensor.data.len() as u64) {
-            return Err(format!(
+            return Err(Invalid(format!(
                 "output {:?} has shape {:?} but {} elements",
                 tensor.name,
                 tensor.shape,
                 tensor.data.len()
-            ));
+            )));
         }
         if requested.is_empty() || requested.contains(&tensor.name) {
             outputs.push(tensor);
@@ -743,9 +783,9 @@ pub fn check_response(
         .iter()
         .find(|name| !outputs.iter().any(|t| &t.name == *name))
     {
-        return Err(format!(
+        return Err(Invalid(format!(
             "the model did not return requested output {missing:?}"
-        ));
+        )));
     }
     Ok(outputs)
 }
@@ -889,11 +929,66 @@ mod tests {
 
     #[test]
     fn element_limit_is_enforced() {
-        let limits = RequestLimits { max_elements: 5 };
+        let limits = RequestLimits {
+            max_elements: 5,
+            ..RequestLimits::default()
+        };
         let body =
             r#"{"inputs":[{"name":"input","shape":[2,3],"datatype":"FP32","data":[1,2,3,4,5,6]}]}"#;
         let err = parse_infer_request(body.as_bytes(), &metadata(), &limits).unwrap_err();
         assert!(err.0.contains("more than 5"), "{err}");
+    }
+
+    fn output(name: &str, data: Vec<f32>) -> Tensor {
+        Tensor {
+            name: name.into(),
+            shape: vec![data.len() as u64],
+            data: TensorData::Fp32(data),
+        }
+    }
+
+    #[test]
+    fn responses_are_checked() {
+        let limits = RequestLimits::default();
+        let check = |outputs: Vec<Tensor>, requested: &[String]| {
+            check_response(InferResponse { outputs }, &metadata(), requested, &limits)
+        };
+        assert_eq!(check(vec![output("out", vec![1.0])], &[]).unwrap().len(), 1);
+        let invalid = |result: Result<Vec<Tensor>, ResponseError>| match result {
+            Err(ResponseError::Invalid(message)) => message,
+            other => panic!("expected Invalid, got {other:?}"),
+        };
+        assert!(invalid(check(vec![output("nope", vec![1.0])], &[])).contains("undeclared"));
+        assert!(
+            invalid(check(
+                vec![output("out", vec![1.0]), output("out", vec![2.0])],
+                &[]
+            ))
+            .contains("more than once")
+        );
+        let mut wrong_shape = output("out", vec![1.0, 2.0]);
+        wrong_shape.shape = vec![3];
+        assert!(invalid(check(vec![wrong_shape], &[])).contains("but 2 elements"));
+        assert!(invalid(check(vec![], &["out".to_owned()])).contains("did not return"));
+    }
+
+    #[test]
+    fn output_element_limit_is_enforced() {
+        let limits = RequestLimits {
+            max_output_elements: 3,
+            ..RequestLimits::default()
+        };
+        let within = InferResponse {
+            outputs: vec![output("out", vec![0.0; 3])],
+        };
+        assert!(check_response(within, &metadata(), &[], &limits).is_ok());
+        let over = InferResponse {
+            outputs: vec![output("out", vec![0.0; 4])],
+        };
+        assert!(matches!(
+            check_response(over, &metadata(), &[], &limits),
+            Err(ResponseError::TooLarge(3))
+        ));
     }
 
     #[test]

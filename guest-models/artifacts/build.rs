@@ -47,7 +47,9 @@ const GUESTS: &[Guest] = &[
         constant: "MISBEHAVE",
         package: "misbehave",
         doc: "The `misbehave` test fixture (world `model`): echoes, traps, \
-              loops, exhausts memory or fails, as its `mode` parameter says.",
+              loops, recurses, exhausts memory, returns huge or aliased \
+              outputs, leaves or looks for a canary, or fails, as its `mode` \
+              parameter says.",
     },
     Guest {
         constant: "ALLOW_GUARD",
@@ -71,6 +73,19 @@ const GUESTS: &[Guest] = &[
         package: "metadata-loop",
         doc: "The `metadata-loop` test fixture (world `model`): `metadata()` \
               never returns.",
+    },
+    Guest {
+        constant: "WASI_PROBE",
+        package: "wasi-probe",
+        doc: "The `wasi-probe` test fixture (world `model`): tries to read the \
+              environment, files, stdin, clocks and randomness, or sleeps, and \
+              reports what it got.",
+    },
+    Guest {
+        constant: "HUGE_MEMORY",
+        package: "huge-memory",
+        doc: "The `huge-memory` test fixture (world `model`): declares an \
+              initial linear memory of over 320 MiB.",
     },
 ];
 

@@ -6,6 +6,7 @@ mod cache;
 mod commands;
 mod compile;
 mod errors;
+mod hostile;
 mod policy;
 mod protocol;
 mod repository;

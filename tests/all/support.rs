@@ -24,6 +24,7 @@ pub const TEST_LIMITS: Limits = Limits {
     deadline: Duration::from_millis(200),
     table_elements: 20_000,
     host_resources: 64,
+    output_bytes: 16 << 20,
 };
 
 /// Body limit of the test server.
@@ -63,13 +64,23 @@ pub fn server() -> &'static Server {
 }
 
 fn start() -> Server {
+    let mut models = airlock::example_models().to_vec();
+    models.push(("misbehave", airlock_artifacts::MISBEHAVE));
+    models.push(("wasi-probe", airlock_artifacts::WASI_PROBE));
+    start_with(|_| {}, &models)
+}
+
+/// Starts a server of its own, for tests that need other settings than the
+/// shared one: `configure` adjusts the test configuration, and `models`
+/// lists the (name, component path) pairs to serve.
+pub fn start_with(configure: impl FnOnce(&mut HostConfig), models: &[(&str, &str)]) -> Server {
     let data = tempfile::tempdir().unwrap();
-    let host = Host::new(test_config(data.path())).unwrap();
-    for (name, path) in airlock::example_models() {
+    let mut config = test_config(data.path());
+    configure(&mut config);
+    let host = Host::new(config).unwrap();
+    for (name, path) in models {
         host.load_file(name, Path::new(path)).unwrap();
     }
-    host.load_file("misbehave", Path::new(airlock_artifacts::MISBEHAVE))
-        .unwrap();
 
     let local = airlock::tls::ensure_local_certificate(&data.path().join("tls")).unwrap();
     let identity = airlock::tls::Identity::from_pem_files(&local.cert, &local.key).unwrap();
@@ -201,7 +212,11 @@ pub fn digits_request() -> serde_json::Value {
 
 /// Asserts the digits model still answers correctly.
 pub async fn assert_still_serving(client: &reqwest::Client) {
-    let server = server();
+    assert_serving(server(), client).await;
+}
+
+/// Asserts the digits model of `server` answers correctly.
+pub async fn assert_serving(server: &Server, client: &reqwest::Client) {
     let (status, _, body) = post_json(
         client,
         &server.url("/v2/models/digits/infer"),

@@ -108,6 +108,7 @@ async fn hostile_inference_is_contained_with_a_documented_error() {
         assert_eq!(status, *want_status, "{what}: {body}");
         assert_eq!(kind.as_deref(), Some(*want_kind), "{what}: {body}");
         let message = error_text(&body);
+        println!("{what}: {status} {kind:?} {message}");
         assert!(
             message.contains(want_text),
             "{what}: {message:?} should mention {want_text:?}"
@@ -124,17 +125,47 @@ async fn hostile_inference_is_contained_with_a_documented_error() {
 }
 
 async fn upload(s: &Server, name: &str, path: &str) -> (u16, Value) {
+    upload_bytes(s, name, std::fs::read(path).unwrap()).await
+}
+
+async fn upload_bytes(s: &Server, name: &str, wasm: Vec<u8>) -> (u16, Value) {
     let response = s
         .client()
         .post(s.url(&format!("/v2/repository/models/{name}/versions")))
         .bearer_auth(ADMIN_TOKEN)
         .header("content-type", "application/wasm")
-        .body(std::fs::read(path).unwrap())
+        .body(wasm)
         .send()
         .await
         .unwrap();
     let (status, _, body) = split(response).await;
     (status, body)
+}
+
+/// A model that grows a table without end is stopped by the table cap
+/// (20 000 elements by default): a trap, 500. The fixture is the one
+/// written in the component text format (`guest-models/table-bomb`).
+#[tokio::test]
+async fn hostile_table_growth_hits_the_table_cap() {
+    let s = server();
+    let client = s.client();
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../guest-models/table-bomb/table-bomb.wat"
+    );
+    let wasm = wat::parse_file(path).unwrap();
+    let (status, body) = upload_bytes(s, "hostile-table-bomb", wasm).await;
+    assert!(status == 200 || status == 201, "{body}");
+    let (status, kind, body) = run(s, &client, "hostile-table-bomb", "", &[1.0], json!({})).await;
+    assert_eq!(status, 500, "{body}");
+    assert_eq!(kind.as_deref(), Some("trap"));
+    let message = error_text(&body);
+    println!("table bomb: {status} {kind:?} {message}");
+    assert!(
+        message.contains("table cap of 20000 elements exceeded"),
+        "{message:?}"
+    );
+    assert_still_serving(&client).await;
 }
 
 /// Behaviours that show before any request: the upload is refused with a
@@ -161,6 +192,7 @@ async fn hostile_uploads_are_refused() {
         let (status, body) = upload(s, name, path).await;
         assert_eq!(status, 400, "{what}: {body}");
         let message = error_text(&body);
+        println!("{what}: {status} {message}");
         assert!(
             message.starts_with("upload refused") && message.contains(want_text),
             "{what}: {message:?} should mention {want_text:?}"

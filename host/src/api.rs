@@ -529,22 +529,17 @@ async fn run_infer(
             });
         }
     };
-    let outputs = oip::check_response(
-        response,
-        model.metadata(),
-        &request.outputs,
-        &limits,
-    )
-    .map_err(|error| match error {
-        ResponseError::TooLarge(_) => ApiError::Sandbox {
-            model: model.name().to_owned(),
-            failure: GuestFailure::OutputTooLarge(error.to_string()),
-        },
-        _ => ApiError::ModelFailed {
-            model: model.name().to_owned(),
-            detail: error.to_string(),
-        },
-    })?;
+    let outputs = oip::check_response(response, model.metadata(), &request.outputs, &limits)
+        .map_err(|error| match error {
+            ResponseError::TooLarge(_) => ApiError::Sandbox {
+                model: model.name().to_owned(),
+                failure: GuestFailure::OutputTooLarge(error.to_string()),
+            },
+            _ => ApiError::ModelFailed {
+                model: model.name().to_owned(),
+                detail: error.to_string(),
+            },
+        })?;
     let parameters = [("sha256", model.digest())];
     let body = InferResponseBody {
         model_name: model.name(),

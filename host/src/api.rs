@@ -380,7 +380,7 @@ async fn infer(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     let model = lookup(&state, &name, None)?;
-    observed(model, &headers, body).await
+    observed(&state, model, &headers, body).await
 }
 
 async fn infer_version(
@@ -390,17 +390,18 @@ async fn infer_version(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     let model = lookup(&state, &name, Some(&version))?;
-    observed(model, &headers, body).await
+    observed(&state, model, &headers, body).await
 }
 
 /// Runs an inference and records it in the model's metrics.
 async fn observed(
+    state: &AppState,
     model: Arc<LoadedModel>,
     headers: &HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     let started = std::time::Instant::now();
-    let result = run_infer(Arc::clone(&model), headers, body).await;
+    let result = run_infer(state, Arc::clone(&model), headers, body).await;
     let (status, failure) = match &result {
         Ok(response) => (response.status(), None),
         Err(error) => (error.status(), error.kind()),
@@ -473,6 +474,7 @@ fn authorize(model: &LoadedModel, headers: &HeaderMap) -> Result<(), ApiError> {
 }
 
 async fn run_infer(
+    state: &AppState,
     model: Arc<LoadedModel>,
     headers: &HeaderMap,
     body: Result<Bytes, BytesRejection>,

@@ -18,13 +18,14 @@ const BUCKETS: [f64; 12] = [
 ];
 
 /// The statuses counted one by one; anything else is counted as `other`.
-const STATUSES: [u16; 11] = [200, 400, 401, 403, 413, 415, 500, 503, 504, 507, 429];
+const STATUSES: [u16; 12] = [200, 400, 401, 403, 413, 415, 500, 502, 503, 504, 507, 429];
 
 /// Sandbox failure kinds, as in the `x-airlock-error` header.
-const FAILURES: [&str; 6] = [
+const FAILURES: [&str; 7] = [
     "trap",
     "deadline",
     "memory",
+    "output",
     "capacity",
     "busy",
     "model-error",

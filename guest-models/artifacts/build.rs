@@ -91,12 +91,20 @@ const GUESTS: &[Guest] = &[
 
 /// WASI preview 1 command guests (core modules, binaries), built for
 /// [`COMMAND_TARGET`]. Each comes with an `airlock.toml` manifest.
-const COMMANDS: &[Guest] = &[Guest {
-    constant: "DIGITS_WASIP1",
-    package: "digits-wasip1",
-    doc: "The `digits-wasip1` model: the digits MLP as a WASI preview 1 command \
-          (a core module reading the request JSON on stdin), built for wasm32-wasip1.",
-}];
+const COMMANDS: &[Guest] = &[
+    Guest {
+        constant: "DIGITS_WASIP1",
+        package: "digits-wasip1",
+        doc: "The `digits-wasip1` model: the digits MLP as a WASI preview 1 command \
+              (a core module reading the request JSON on stdin), built for wasm32-wasip1.",
+    },
+    Guest {
+        constant: "P1_SLEEPER",
+        package: "p1-sleeper",
+        doc: "The `p1-sleeper` test fixture: a WASI preview 1 command that tries to \
+              sleep for an hour.",
+    },
+];
 
 fn main() {
     let manifest_dir = PathBuf::from(

@@ -257,6 +257,25 @@ fn link_instant_sleeps(linker: &mut Linker<SandboxState>) -> wasmtime::Result<()
     Ok(())
 }
 
+/// WASI preview 1 `errno::notsup`.
+const ERRNO_NOTSUP: i32 = 58;
+
+/// Replaces a command's `poll_oneoff` (its only way to sleep or wait) with
+/// one that fails at once with `notsup`, for the reason given at
+/// [`link_instant_sleeps`]: wasmtime-wasi would wait inside the host, past
+/// the deadline. A command that insists on waiting (Rust's `thread::sleep`
+/// panics on the error) is stopped by its own trap or its deadline.
+fn refuse_command_polls(linker: &mut wasmtime::Linker<CommandState>) -> wasmtime::Result<()> {
+    linker.allow_shadowing(true);
+    linker.func_wrap(
+        "wasi_snapshot_preview1",
+        "poll_oneoff",
+        |_: i32, _: i32, _: i32, _: i32| -> i32 { ERRNO_NOTSUP },
+    )?;
+    linker.allow_shadowing(false);
+    Ok(())
+}
+
 /// A wait that is over before it starts.
 struct AlreadyElapsed;
 
@@ -318,6 +337,7 @@ impl Runtime {
         let mut command_linker = wasmtime::Linker::<CommandState>::new(&engine);
         wasmtime_wasi::p1::add_to_linker_sync(&mut command_linker, |state| &mut state.wasi)
             .map_err(anyhow::Error::from)?;
+        refuse_command_polls(&mut command_linker).map_err(anyhow::Error::from)?;
 
         let compat_hash = {
             use std::hash::{Hash as _, Hasher as _};

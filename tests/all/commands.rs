@@ -114,3 +114,27 @@ async fn a_command_runs_under_its_memory_cap() {
     );
     assert_still_serving(&client).await;
 }
+
+#[tokio::test]
+async fn a_command_cannot_sleep_past_its_deadline() {
+    let s = server();
+    let client = s.client();
+    let manifest = std::fs::read_to_string(airlock_artifacts::P1_SLEEPER_MANIFEST).unwrap();
+    let wasm = std::fs::read(airlock_artifacts::P1_SLEEPER).unwrap();
+    let (status, body) =
+        upload_with_manifest(&client, "p1-sleeper", wasm, Some(&manifest), true).await;
+    assert!(status == 201 || status == 200, "{status}: {body}");
+    let request = serde_json::json!({"inputs": [{"name": "x", "shape": [1], "datatype": "FP32", "data": [1]}]});
+    let started = std::time::Instant::now();
+    let (status, kind, body) =
+        post_json(&client, &s.url("/v2/models/p1-sleeper/infer"), &request).await;
+    // Its poll_oneoff fails at once (Rust's sleep then panics: a trap);
+    // the hour-long sleep never holds the request.
+    assert_eq!((status, kind.as_deref()), (500, Some("trap")), "{body}");
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(30),
+        "the sleep held the request for {:?}",
+        started.elapsed()
+    );
+    assert_still_serving(&client).await;
+}

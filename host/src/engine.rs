@@ -538,9 +538,18 @@ pub fn classify(error: wasmtime::Error, limits: &Limits) -> GuestFailure {
 /// someone who can write the data directory, who could rewrite a sidecar
 /// as easily; XXH3 checks a 56 MB artifact in a few milliseconds where
 /// sha256 takes about a hundred.)
+///
+/// With a store that shares artifacts (S3), the cache has a second tier: a
+/// local miss looks for the artifact in the store (under the same engine
+/// hash, with its checksum in the object's metadata), checks it, writes it
+/// to the local directory with its sidecar and deserializes the local copy;
+/// an artifact compiled here is written to the store as well, so one
+/// Lambda instance compiles and the others download.
 #[derive(Debug, Clone)]
 pub struct ArtifactCache {
     dir: PathBuf,
+    engine_hash: String,
+    shared: Option<Arc<dyn crate::store::Store>>,
 }
 
 /// How a component was obtained from the cache.
@@ -557,7 +566,17 @@ impl ArtifactCache {
     pub fn new(root: &Path, runtime: &Runtime) -> Self {
         Self {
             dir: root.join(runtime.compat_hash()),
+            engine_hash: runtime.compat_hash().to_owned(),
+            shared: None,
         }
+    }
+
+    /// Adds `store` as a shared second tier, if it shares artifacts.
+    pub fn with_shared(mut self, store: Arc<dyn crate::store::Store>) -> Self {
+        if store.shares_artifacts() {
+            self.shared = Some(store);
+        }
+        self
     }
 
     /// The directory artifacts of this engine go to.
@@ -599,16 +618,32 @@ impl ArtifactCache {
         if let Some(compiled) = self.load_verified(runtime, &artifact, &sidecar) {
             return Ok((compiled, CacheOutcome::Hit));
         }
+        if self.fetch_shared(digest, &artifact, &sidecar)
+            && let Some(component) = self.load_verified(runtime, &artifact, &sidecar)
+        {
+            return Ok((component, CacheOutcome::Hit));
+        }
 
         let bytes = runtime.precompile(T::KIND, wasm)?;
+        let sum = checksum(&bytes);
         let stored = (|| {
             std::fs::create_dir_all(&self.dir)?;
             // Sidecar first: an artifact without a matching sidecar is
             // ignored, so a crash between the two writes costs a recompile.
-            write_atomic(&sidecar, checksum(&bytes).as_bytes())?;
+            write_atomic(&sidecar, sum.as_bytes())?;
             write_atomic(&artifact, &bytes)
         })();
         stored.map_err(|e| ArtifactError::Store(e.into()))?;
+        if let Some(shared) = &self.shared
+            && let Err(error) = shared.put_artifact(&self.engine_hash, digest, &bytes, &sum)
+        {
+            // Only a cost: other hosts compile it themselves.
+            tracing::warn!(
+                sha256 = digest,
+                error = format!("{error:#}"),
+                "failed to share a compiled artifact"
+            );
+        }
         drop(bytes);
         // SAFETY: the file was just written from the output of this host's
         // compiler (in process, or its own worker binary), never bytes a
@@ -616,6 +651,44 @@ impl ArtifactCache {
         let compiled = unsafe { T::deserialize_file(runtime.engine(), &artifact) }
             .map_err(|e| ArtifactError::Store(anyhow::Error::from(e)))?;
         Ok((compiled, CacheOutcome::Compiled))
+    }
+
+    /// Copies the shared artifact of `digest`, if there is one and its bytes
+    /// match its recorded checksum, into the local directory. Never
+    /// deserializes anything: the local copy goes through `load_verified`.
+    fn fetch_shared(&self, digest: &str, artifact: &Path, sidecar: &Path) -> bool {
+        let Some(shared) = &self.shared else {
+            return false;
+        };
+        let (bytes, expected) = match shared.get_artifact(&self.engine_hash, digest) {
+            Ok(Some(found)) => found,
+            Ok(None) => return false,
+            Err(error) => {
+                tracing::warn!(
+                    sha256 = digest,
+                    error = format!("{error:#}"),
+                    "failed to read a shared artifact"
+                );
+                return false;
+            }
+        };
+        if checksum(&bytes) != expected.trim() {
+            tracing::warn!(
+                sha256 = digest,
+                "shared artifact failed its checksum; recompiling"
+            );
+            return false;
+        }
+        let written = std::fs::create_dir_all(&self.dir)
+            .and_then(|()| write_atomic(sidecar, expected.trim().as_bytes()))
+            .and_then(|()| write_atomic(artifact, &bytes));
+        match written {
+            Ok(()) => true,
+            Err(error) => {
+                tracing::warn!(sha256 = digest, error = %error, "failed to cache a shared artifact locally");
+                false
+            }
+        }
     }
 
     fn load_verified<T: Artifact>(

@@ -81,7 +81,7 @@ pub struct ModelStatus {
 }
 
 impl Host {
-    fn lock(&self) -> std::sync::MutexGuard<'_, ()> {
+    pub(crate) fn lock(&self) -> std::sync::MutexGuard<'_, ()> {
         self.write_lock.lock().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -395,7 +395,7 @@ impl Host {
 
     /// Makes the registry match `index`: every version loaded (reusing the
     /// ones already in memory), the active one answering by default.
-    fn publish(&self, index: &ModelIndex) -> Result<(), RepoError> {
+    pub(crate) fn publish(&self, index: &ModelIndex) -> Result<(), RepoError> {
         if !index.loaded {
             self.registry.replace(&index.name, Vec::new(), None);
             return Ok(());

@@ -1,4 +1,5 @@
-//! The model store on the filesystem.
+//! The model store: one [`Store`] trait, two backends with the same layout,
+//! the filesystem ([`FsStore`], here) and S3 ([`crate::s3store::S3Store`]).
 //!
 //! ```text
 //! <root>/blobs/sha256/<hex>.wasm                 uploaded bytes, immutable, content-addressed
@@ -208,7 +209,165 @@ impl FsStore {
     }
 }
 
-fn check_digest(digest: &str) -> anyhow::Result<()> {
+/// What a conditional read of an index found.
+#[derive(Debug)]
+pub enum IndexRead {
+    /// The index is the one the caller already has (its tag matched).
+    Unchanged,
+    /// There is no index for this name (any more).
+    Missing,
+    /// The index, with the tag that identifies this content.
+    Changed {
+        /// The index.
+        index: ModelIndex,
+        /// An opaque tag (S3's ETag; a checksum on the filesystem) to pass
+        /// to the next conditional read.
+        tag: String,
+    },
+}
+
+/// A staged upload, taken out of the staging area.
+#[derive(Debug)]
+pub enum Staged {
+    /// No such upload: never `PUT`, expired, or already finalised.
+    Missing,
+    /// Over the size limit (its size); it was deleted.
+    TooLarge(u64),
+    /// The uploaded bytes.
+    Ready(Vec<u8>),
+}
+
+/// A presigned upload slot handed to a client.
+#[derive(Debug, Clone)]
+pub struct PresignedUpload {
+    /// The URL to `PUT` the bytes to.
+    pub url: String,
+    /// Headers the client must send with the `PUT` (they are signed).
+    pub headers: Vec<(String, String)>,
+    /// How long the URL is valid.
+    pub expires_in: std::time::Duration,
+}
+
+/// Where models are kept: blobs, indexes and, for stores shared between
+/// machines, compiled artifacts and staged uploads.
+///
+/// The repository ([`crate::Host::upload`] and friends) only speaks to this
+/// trait, so the filesystem and S3 behave alike. Methods block: the
+/// repository runs off the async executor (see `api::run_blocking`).
+pub trait Store: Send + Sync + std::fmt::Debug {
+    /// Where the store is, for messages (`/path/to/data`, `s3://bucket/prefix`).
+    fn location(&self) -> String;
+    /// Stores `bytes` under their sha256 and returns it. Idempotent.
+    fn put_blob(&self, bytes: &[u8]) -> anyhow::Result<String>;
+    /// Reads the blob `digest`, checking that its bytes still hash to it.
+    fn get_blob(&self, digest: &str) -> anyhow::Result<Vec<u8>>;
+    /// Removes the blob `digest` (when no version refers to it any more).
+    fn delete_blob(&self, digest: &str) -> anyhow::Result<()>;
+    /// The index of `name`, if the model exists.
+    fn read_index(&self, name: &str) -> anyhow::Result<Option<ModelIndex>> {
+        Ok(match self.read_index_if_changed(name, None)? {
+            IndexRead::Changed { index, .. } => Some(index),
+            IndexRead::Missing | IndexRead::Unchanged => None,
+        })
+    }
+    /// The index of `name` unless it still has the tag `known` (a cheap
+    /// conditional read: `If-None-Match` on S3).
+    fn read_index_if_changed(&self, name: &str, known: Option<&str>) -> anyhow::Result<IndexRead>;
+    /// Writes the index of its model atomically.
+    fn write_index(&self, index: &ModelIndex) -> anyhow::Result<()>;
+    /// Names of all stored models, sorted.
+    fn list(&self) -> anyhow::Result<Vec<String>>;
+
+    /// Whether compiled artifacts are shared through this store (S3: one
+    /// instance compiles, the others download). The filesystem store keeps
+    /// them in the host's local artifact cache only.
+    fn shares_artifacts(&self) -> bool {
+        false
+    }
+    /// The shared artifact of `digest` for engine `engine_hash` with its
+    /// recorded checksum, if there is one. Callers check the checksum.
+    fn get_artifact(
+        &self,
+        _engine_hash: &str,
+        _digest: &str,
+    ) -> anyhow::Result<Option<(Vec<u8>, String)>> {
+        Ok(None)
+    }
+    /// Shares a compiled artifact and its checksum.
+    fn put_artifact(
+        &self,
+        _engine_hash: &str,
+        _digest: &str,
+        _bytes: &[u8],
+        _checksum: &str,
+    ) -> anyhow::Result<()> {
+        Ok(())
+    }
+
+    /// A presigned `PUT` for staged upload `id` of `size` bytes, or `None`
+    /// when the store has no such thing (the filesystem: clients upload the
+    /// body directly).
+    fn presign_upload(&self, _id: &str, _size: u64) -> anyhow::Result<Option<PresignedUpload>> {
+        Ok(None)
+    }
+    /// Takes the staged upload `id` out of the staging area (it is deleted
+    /// whatever its fate): its bytes when it is at most `max_bytes` long.
+    fn take_staged(&self, _id: &str, _max_bytes: u64) -> anyhow::Result<Staged> {
+        Ok(Staged::Missing)
+    }
+}
+
+impl Store for FsStore {
+    fn location(&self) -> String {
+        self.root.display().to_string()
+    }
+    fn put_blob(&self, bytes: &[u8]) -> anyhow::Result<String> {
+        FsStore::put_blob(self, bytes)
+    }
+    fn get_blob(&self, digest: &str) -> anyhow::Result<Vec<u8>> {
+        FsStore::get_blob(self, digest)
+    }
+    fn delete_blob(&self, digest: &str) -> anyhow::Result<()> {
+        FsStore::delete_blob(self, digest)
+    }
+    fn read_index(&self, name: &str) -> anyhow::Result<Option<ModelIndex>> {
+        FsStore::read_index(self, name)
+    }
+    /// The tag is an XXH3 of the file: reading a small local file is the
+    /// cheap part, so there is no point in trusting modification times.
+    fn read_index_if_changed(&self, name: &str, known: Option<&str>) -> anyhow::Result<IndexRead> {
+        crate::validate_model_name(name).map_err(anyhow::Error::msg)?;
+        let path = self.index_path(name);
+        let bytes = match std::fs::read(&path) {
+            Ok(bytes) => bytes,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(IndexRead::Missing),
+            Err(e) => return Err(e).with_context(|| format!("failed to read {}", path.display())),
+        };
+        let tag = format!("{:016x}", xxhash_rust::xxh3::xxh3_64(&bytes));
+        if known == Some(tag.as_str()) {
+            return Ok(IndexRead::Unchanged);
+        }
+        let index = parse_index(name, &bytes, &path.display().to_string())?;
+        Ok(IndexRead::Changed { index, tag })
+    }
+    fn write_index(&self, index: &ModelIndex) -> anyhow::Result<()> {
+        FsStore::write_index(self, index)
+    }
+    fn list(&self) -> anyhow::Result<Vec<String>> {
+        FsStore::list(self)
+    }
+}
+
+/// Parses the index of `name` read from `origin`, checking that it names
+/// that model.
+pub(crate) fn parse_index(name: &str, bytes: &[u8], origin: &str) -> anyhow::Result<ModelIndex> {
+    let index: ModelIndex = serde_json::from_slice(bytes)
+        .with_context(|| format!("{origin} is not a valid model index"))?;
+    anyhow::ensure!(index.name == name, "{origin} names another model");
+    Ok(index)
+}
+
+pub(crate) fn check_digest(digest: &str) -> anyhow::Result<()> {
     anyhow::ensure!(
         digest.len() == 64
             && digest

@@ -10,9 +10,14 @@
 //! | POST | `/v2/repository/models/{name}/versions/{version}/activate` | make a version active |
 //! | POST | `/v2/repository/models/{name}/rollback` | re-activate the previous version |
 //! | DELETE | `/v2/repository/models/{name}/versions/{version}` | delete a version that is not active |
+//! | POST | `/v2/repository/models/{name}/uploads` | `{"size": N}`: a presigned upload (S3 store only; 501 otherwise) |
+//! | POST | `/v2/repository/models/{name}/uploads/{id}[?activate=true]` | `{"sha256": "…", "manifest": "…"?}`: finalise it as a new version |
 //!
 //! Every route needs `Authorization: Bearer <admin token>`: 401 without it,
-//! 403 with a wrong one. Tokens are compared in constant time.
+//! 403 with a wrong one. Tokens are compared in constant time. Behind API
+//! Gateway the repository routes are IAM-authorised instead: the Lambda
+//! adapter marks such requests with [`GatewayAuthorized`], which only it
+//! can set (it is a request extension, not a header).
 
 use axum::extract::{
     DefaultBodyLimit, FromRequest as _, FromRequestParts, Multipart, Path, Query, State,
@@ -50,6 +55,20 @@ pub(crate) fn routes(max_upload_bytes: usize) -> Router<AppState> {
             "/v2/repository/models/{name}/versions/{version}",
             delete(delete_version),
         )
+        .route("/v2/repository/models/{name}/uploads", post(begin_upload))
+        .route(
+            "/v2/repository/models/{name}/uploads/{id}",
+            post(finish_upload),
+        )
+}
+
+/// A request extension set by the Lambda adapter when API Gateway has
+/// authorised the caller with IAM (SigV4) for the route: the repository API
+/// then needs no bearer token. Only code in the process can set it.
+#[derive(Debug, Clone)]
+pub struct GatewayAuthorized {
+    /// The caller's ARN as API Gateway reports it (for the log).
+    pub caller: String,
 }
 
 /// Proof that the request carried the admin token.
@@ -59,6 +78,10 @@ impl FromRequestParts<AppState> for Admin {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        if let Some(gateway) = parts.extensions.get::<GatewayAuthorized>() {
+            tracing::info!(caller = %gateway.caller, "repository call authorised by API Gateway (IAM)");
+            return Ok(Admin);
+        }
         let Some(expected) = state.host.config().admin_token.as_deref() else {
             return Err(ApiError::Forbidden(
                 "the repository API is disabled: no admin token is configured".into(),
@@ -190,12 +213,105 @@ async fn upload(
         )
     })
     .await?;
+    Ok(upload_response(&report))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BeginUpload {
+    size: u64,
+}
+
+async fn begin_upload(
+    _: Admin,
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+    body: Result<Json<BeginUpload>, axum::extract::rejection::JsonRejection>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let Json(BeginUpload { size }) = body.map_err(|e| ApiError::BadRequest(e.body_text()))?;
+    let max = state.host.config().max_upload_bytes as u64;
+    if size > max {
+        return Err(ApiError::PayloadTooLarge(format!(
+            "the upload is {size} bytes, over the limit of {max}"
+        )));
+    }
+    let staged = on_host(&state, move |host| host.begin_staged_upload(&name, size)).await?;
+    let Some(staged) = staged else {
+        return Err(ApiError::NotImplemented(
+            "this server's model store cannot take presigned uploads (it is not S3): \
+             upload the component as the body of POST /v2/repository/models/{name}/versions"
+                .into(),
+        ));
+    };
+    let headers: serde_json::Map<String, serde_json::Value> = staged
+        .headers
+        .into_iter()
+        .map(|(k, v)| (k, serde_json::Value::String(v)))
+        .collect();
+    Ok(Json(json!({
+        "upload_id": staged.id,
+        "method": "PUT",
+        "url": staged.url,
+        "headers": headers,
+        "expires_in_secs": staged.expires_in.as_secs(),
+    })))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FinishUpload {
+    sha256: String,
+    /// The text of a policy manifest, as the `manifest` part of a direct
+    /// multipart upload would carry it.
+    #[serde(default)]
+    manifest: Option<String>,
+}
+
+async fn finish_upload(
+    _: Admin,
+    State(state): State<AppState>,
+    Path((name, id)): Path<(String, String)>,
+    query: Result<Query<UploadQuery>, axum::extract::rejection::QueryRejection>,
+    headers: axum::http::HeaderMap,
+    body: Result<Json<FinishUpload>, axum::extract::rejection::JsonRejection>,
+) -> Result<Response, ApiError> {
+    let Query(query) = query.map_err(|e| ApiError::BadRequest(e.body_text()))?;
+    let Json(FinishUpload { sha256, manifest }) =
+        body.map_err(|e| ApiError::BadRequest(e.body_text()))?;
+    let manifest = manifest
+        .map(|text| Manifest::parse(text.as_bytes()))
+        .transpose()
+        .map_err(|e| ApiError::BadRequest(format!("upload refused: {e}")))?;
+    let signature = signature_header(&headers)?;
+    let report = on_host(&state, move |host| {
+        host.finish_staged_upload(
+            &name,
+            &id,
+            &sha256,
+            manifest.as_ref(),
+            query.activate,
+            signature.as_deref(),
+        )
+    })
+    .await?;
+    Ok(upload_response(&report))
+}
+
+fn signature_header(headers: &axum::http::HeaderMap) -> Result<Option<String>, ApiError> {
+    headers
+        .get(crate::signing::SIGNATURE_HEADER)
+        .map(|v| v.to_str().map(str::to_owned))
+        .transpose()
+        .map_err(|_| ApiError::BadRequest("the signature header is not text".into()))
+}
+
+fn upload_response(report: &crate::UploadReport) -> Response {
     let status = if report.created {
         StatusCode::CREATED
     } else {
         StatusCode::OK
     };
-    Ok((
+    (
         status,
         Json(json!({
             "name": report.name,
@@ -207,7 +323,7 @@ async fn upload(
             "elapsed_ms": report.elapsed.as_secs_f64() * 1e3,
         })),
     )
-        .into_response())
+        .into_response()
 }
 
 /// The parts of a multipart upload.

@@ -71,6 +71,9 @@ pub enum ApiError {
     /// 409: the operation conflicts with the model's state.
     #[error("{0}")]
     Conflict(String),
+    /// 501: the server cannot do this (a presigned upload without S3).
+    #[error("{0}")]
+    NotImplemented(String),
     /// 415: the upload is not `application/wasm`.
     #[error("{0}")]
     UnsupportedMediaType(String),
@@ -155,6 +158,7 @@ impl ApiError {
             ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
             ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            ApiError::NotImplemented(_) => StatusCode::NOT_IMPLEMENTED,
             ApiError::ModelFailed { .. } | ApiError::Internal(_) => {
                 StatusCode::INTERNAL_SERVER_ERROR
             }

@@ -16,21 +16,25 @@
 //! ```
 #![deny(missing_docs)]
 
-mod admin;
+pub mod admin;
 pub mod api;
 pub mod bindings;
 pub mod client;
 pub mod compile;
 pub mod engine;
+pub mod lambda;
 pub mod manifest;
 pub mod metrics;
 pub mod model;
 pub mod oip;
 pub mod registry;
 pub mod repository;
+pub mod s3store;
 pub mod server;
 pub mod signing;
+pub mod staging;
 pub mod store;
+mod sync;
 pub mod tls;
 
 use std::path::{Path, PathBuf};
@@ -48,6 +52,8 @@ pub use crate::repository::{RepoError, Upload, UploadReport};
 pub struct HostConfig {
     /// The model store (blobs, indexes) and, for `serve`, the TLS files.
     pub data_dir: PathBuf,
+    /// Keep models in S3 (`s3://BUCKET/PREFIX`) instead of `data_dir`.
+    pub store_url: Option<String>,
     /// Where compiled artifacts live; `<data_dir>/artifacts` when unset.
     pub artifacts_dir: Option<PathBuf>,
     /// Engine-wide bounds.
@@ -77,6 +83,7 @@ impl HostConfig {
     pub fn new(data_dir: impl Into<PathBuf>) -> Self {
         Self {
             data_dir: data_dir.into(),
+            store_url: None,
             artifacts_dir: None,
             engine: EngineConfig::default(),
             limits: Limits::default(),
@@ -97,10 +104,12 @@ pub struct Host {
     runtime: Runtime,
     cache: engine::ArtifactCache,
     registry: Arc<Registry>,
-    store: store::FsStore,
+    store: Arc<dyn store::Store>,
     config: HostConfig,
     /// Serialises repository writes (uploads, activations, …).
     write_lock: Arc<std::sync::Mutex<()>>,
+    /// What the last look at the store saw (see [`Host::refresh`]).
+    seen: Arc<std::sync::Mutex<sync::Seen>>,
 }
 
 impl Host {
@@ -112,15 +121,32 @@ impl Host {
             .artifacts_dir
             .clone()
             .unwrap_or_else(|| config.data_dir.join("artifacts"));
-        let cache = engine::ArtifactCache::new(&artifacts, &runtime);
+        let store: Arc<dyn store::Store> = match config.store_url.as_deref() {
+            None => Arc::new(store::FsStore::new(&config.data_dir)),
+            Some(url) if url.starts_with("s3://") => Arc::new(
+                s3store::S3Store::connect(url)
+                    .with_context(|| format!("failed to open the model store {url}"))?,
+            ),
+            Some(other) => anyhow::bail!(
+                "unsupported model store {other:?}: use s3://BUCKET/PREFIX, or leave it unset for the data directory"
+            ),
+        };
+        let cache =
+            engine::ArtifactCache::new(&artifacts, &runtime).with_shared(Arc::clone(&store));
         Ok(Self {
             runtime,
             cache,
             registry: Arc::new(Registry::new()),
-            store: store::FsStore::new(&config.data_dir),
+            store,
             config,
             write_lock: Arc::default(),
+            seen: Arc::default(),
         })
+    }
+
+    /// The model store.
+    pub fn store(&self) -> &Arc<dyn store::Store> {
+        &self.store
     }
 
     /// The configuration.

@@ -33,6 +33,7 @@ mod api;
 mod aws;
 mod bucket;
 mod domain;
+pub mod elf;
 mod function;
 mod logs;
 mod names;
@@ -48,7 +49,7 @@ pub use domain::{ActiveDomain, DomainPlan, DomainSpec};
 pub use function::statement_source_arn;
 pub use logs::RETENTION_DAYS;
 pub use names::{ALIAS, MANAGED_BY, MANAGED_BY_TAG, Names, STACK_TAG, STAGE, STORE_PREFIX};
-pub use package::{CodePackage, DEFAULT_ZIP};
+pub use package::{AL2023_GLIBC, CodePackage, DEFAULT_ZIP, Packaged, package};
 pub use policy::{bucket_policy, role_policy, trust_policy};
 pub use report::{Change, Report, Step};
 

@@ -36,6 +36,21 @@ enum Command {
     Deploy(DeployArgs),
     /// Show what exists, the endpoint, and the active model versions.
     Status,
+    /// Write the function's zip (bootstrap.zip) from the host's release-built
+    /// `bootstrap`, checked to run on provided.al2023. No AWS call.
+    Package {
+        /// The binary to package; default: build it with
+        /// `cargo build --release --workspace --bin bootstrap` (the workspace, so
+        /// that it shares the build of `cargo test --release --workspace`) and use that.
+        #[arg(long)]
+        binary: Option<PathBuf>,
+        /// Where to write the zip (where `deploy` looks by default).
+        #[arg(long, default_value = DEFAULT_ZIP)]
+        out: PathBuf,
+        /// The function's architecture the binary must be built for.
+        #[arg(long, default_value_t = Arch::X86_64)]
+        arch: Arch,
+    },
     /// Delete the stack (the model bucket only with --delete-bucket).
     Destroy {
         /// Also delete the model bucket and every model in it.
@@ -105,6 +120,9 @@ async fn main() -> std::process::ExitCode {
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
+    if let Command::Package { binary, out, arch } = &cli.command {
+        return package(binary.clone(), out, *arch);
+    }
     let aws = Aws::connect(&Connect {
         region: cli.region,
         profile: cli.profile,
@@ -138,6 +156,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             println!();
             print!("{}", deployment.instructions());
         }
+        Command::Package { .. } => unreachable!("handled before connecting"),
         Command::Status => {
             let status = airlock_infra::status(&aws, &cli.stack).await?;
             print!("{status}");
@@ -157,5 +176,37 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             }
         }
     }
+    Ok(())
+}
+
+fn package(binary: Option<PathBuf>, out: &std::path::Path, arch: Arch) -> anyhow::Result<()> {
+    use anyhow::Context as _;
+    let binary = match binary {
+        Some(binary) => binary,
+        None => {
+            anyhow::ensure!(
+                arch == Arch::X86_64 || cfg!(target_arch = "aarch64"),
+                "building for {arch} needs a cross toolchain: build `bootstrap` for it \
+                 (e.g. `cargo lambda build --release --arm64`) and pass --binary"
+            );
+            let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+            let status = std::process::Command::new(cargo)
+                .args(["build", "--release", "--workspace", "--bin", "bootstrap"])
+                .status()
+                .context("failed to run cargo")?;
+            anyhow::ensure!(status.success(), "cargo build failed");
+            PathBuf::from("target/release/bootstrap")
+        }
+    };
+    let packaged = airlock_infra::package(&binary, out, arch)?;
+    let (major, minor) = packaged.max_glibc.unwrap_or((0, 0));
+    println!(
+        "{}: bootstrap {} MiB, zip {} MiB, {arch}, needs glibc {major}.{minor} (provided.al2023 has {}.{})",
+        packaged.zip.display(),
+        packaged.binary_bytes >> 20,
+        packaged.zip_bytes >> 20,
+        airlock_infra::AL2023_GLIBC.0,
+        airlock_infra::AL2023_GLIBC.1,
+    );
     Ok(())
 }

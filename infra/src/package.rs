@@ -1,5 +1,6 @@
-//! The function's code package: the `bootstrap.zip` that
-//! `cargo lambda build --release --output-format zip` writes.
+//! The function's code package: `bootstrap.zip`, holding the host's
+//! `bootstrap` binary, written by `infra package` (or `cargo lambda build
+//! --release --output-format zip`, which puts it at the same place).
 
 use std::path::{Path, PathBuf};
 
@@ -42,8 +43,7 @@ impl CodePackage {
             Ok(bytes) => bytes,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => bail!(
                 "the function package {} does not exist: build it with \
-                 `cargo lambda build --release --output-format zip` (in host/), \
-                 or pass --zip PATH",
+                 `cargo run -p infra -- package`, or pass --zip PATH",
                 path.display()
             ),
             Err(e) => return Err(e).with_context(|| format!("failed to read {}", path.display())),
@@ -75,6 +75,80 @@ impl CodePackage {
             sha256,
         })
     }
+}
+
+/// The glibc of Amazon Linux 2023, which the `provided.al2023` runtime runs.
+pub const AL2023_GLIBC: (u32, u32) = (2, 34);
+
+/// What `package` made.
+#[derive(Debug, Clone)]
+pub struct Packaged {
+    /// The zip written.
+    pub zip: PathBuf,
+    /// Its size in bytes.
+    pub zip_bytes: u64,
+    /// The size of `bootstrap` in it.
+    pub binary_bytes: u64,
+    /// The newest glibc symbol version `bootstrap` needs.
+    pub max_glibc: Option<(u32, u32)>,
+}
+
+/// Zips `binary` as `bootstrap` (mode 0755, deflated) into `out`, after
+/// checking that it can run on Lambda as `arch` with `provided.al2023`:
+/// an ELF executable for that machine whose glibc symbol versions are all
+/// at most [`AL2023_GLIBC`]. A binary built on a machine with a newer glibc
+/// usually still qualifies (Rust's std and the crates here use old
+/// symbols); when it does not, this says which version it needs instead of
+/// letting the function fail at its first cold start.
+pub fn package(binary: &Path, out: &Path, arch: crate::Arch) -> anyhow::Result<Packaged> {
+    use std::io::Write as _;
+    let bytes =
+        std::fs::read(binary).with_context(|| format!("failed to read {}", binary.display()))?;
+    let info = crate::elf::inspect(&bytes)
+        .with_context(|| format!("{} is not a Linux executable", binary.display()))?;
+    let machine = match arch {
+        crate::Arch::X86_64 => crate::elf::EM_X86_64,
+        crate::Arch::Arm64 => crate::elf::EM_AARCH64,
+    };
+    ensure!(
+        info.machine == machine,
+        "{} is not an {arch} executable (ELF machine {}); build it for the function's architecture",
+        binary.display(),
+        info.machine
+    );
+    ensure!(info.executable, "{} is not an executable", binary.display());
+    if let Some((major, minor)) = info.max_glibc() {
+        ensure!(
+            (major, minor) <= AL2023_GLIBC,
+            "{} needs glibc {major}.{minor}, but provided.al2023 has {}.{}: build it on an \
+             older system, or with `cargo lambda build --release` (zig pins the glibc)",
+            binary.display(),
+            AL2023_GLIBC.0,
+            AL2023_GLIBC.1
+        );
+    }
+    if let Some(dir) = out.parent() {
+        std::fs::create_dir_all(dir)
+            .with_context(|| format!("failed to create {}", dir.display()))?;
+    }
+    let mut zip = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
+    let options = zip::write::SimpleFileOptions::default()
+        .compression_method(zip::CompressionMethod::Deflated)
+        .unix_permissions(0o755);
+    zip.start_file("bootstrap", options)?;
+    zip.write_all(&bytes)?;
+    let zipped = zip.finish()?.into_inner();
+    // Checked as deploy will check it.
+    CodePackage::from_bytes(out, zipped.clone())?;
+    let tmp = out.with_extension("zip.tmp");
+    std::fs::write(&tmp, &zipped).with_context(|| format!("failed to write {}", tmp.display()))?;
+    std::fs::rename(&tmp, out).with_context(|| format!("failed to write {}", out.display()))?;
+    Ok(Packaged {
+        zip: out.to_owned(),
+        zip_bytes: zipped.len() as u64,
+        binary_bytes: bytes.len() as u64,
+        max_glibc: info.max_glibc(),
+    })
 }
 
 /// The names in a zip's central directory.
@@ -173,6 +247,6 @@ mod tests {
     #[test]
     fn a_missing_zip_says_how_to_build_it() {
         let err = CodePackage::read(Path::new("/nonexistent/bootstrap.zip")).unwrap_err();
-        assert!(err.to_string().contains("cargo lambda build"), "{err}");
+        assert!(err.to_string().contains("infra -- package"), "{err}");
     }
 }

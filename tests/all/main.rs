@@ -7,6 +7,7 @@ mod commands;
 mod compile;
 mod errors;
 mod hostile;
+mod lambda;
 mod policy;
 mod protocol;
 mod repository;

@@ -40,6 +40,11 @@ enum Command {
         /// used when it exists and this is not given.
         #[arg(long)]
         signature: Option<PathBuf>,
+        /// How to send it: `auto` goes through a presigned upload to the
+        /// server's S3 store for components too large for one request
+        /// (Lambda), and directly otherwise.
+        #[arg(long, env = "AIRLOCK_UPLOAD_VIA", default_value = "auto")]
+        upload_via: airlock::client::UploadVia,
         #[command(flatten)]
         remote: Remote,
     },
@@ -119,6 +124,14 @@ struct ServeArgs {
     /// Directory for compiled artifacts and the generated TLS certificate.
     #[arg(long, env = "AIRLOCK_DATA_DIR", default_value = "airlock-data")]
     data_dir: PathBuf,
+    /// Keep models in S3 (s3://BUCKET/PREFIX, the layout Lambda uses)
+    /// instead of the data directory, so that several servers share them.
+    #[arg(long, env = "AIRLOCK_STORE")]
+    store: Option<String>,
+    /// With --store: look for model changes made by others this often, in
+    /// seconds.
+    #[arg(long, env = "AIRLOCK_REFRESH_SECS", default_value_t = 5)]
+    refresh_secs: u64,
     /// PEM certificate chain to serve instead of the generated one.
     #[arg(long, env = "AIRLOCK_TLS_CERT", requires = "tls_key")]
     tls_cert: Option<PathBuf>,
@@ -187,8 +200,11 @@ fn main() -> std::process::ExitCode {
             activate,
             policy,
             signature,
+            upload_via,
             remote,
-        } => push(&file, &name, activate, policy, signature, remote),
+        } => push(
+            &file, &name, activate, policy, signature, upload_via, remote,
+        ),
         Command::Keygen { out } => keygen(&out),
         Command::Sign { file, key } => sign(&file, &key),
         Command::Models { remote } => models(remote),
@@ -220,6 +236,7 @@ fn push(
     activate: bool,
     policy: Option<PathBuf>,
     signature: Option<PathBuf>,
+    upload_via: airlock::client::UploadVia,
     remote: Remote,
 ) -> anyhow::Result<()> {
     let wasm = std::fs::read(file).with_context(|| format!("failed to read {}", file.display()))?;
@@ -252,6 +269,7 @@ fn push(
         manifest.as_deref(),
         activate,
         signature.as_deref(),
+        upload_via,
         move |sent, _| progress.set_position(sent),
     );
     bar.finish_and_clear();
@@ -334,6 +352,7 @@ fn models(remote: Remote) -> anyhow::Result<()> {
 #[tokio::main]
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let mut config = airlock::HostConfig::new(&args.data_dir);
+    config.store_url = args.store.clone();
     config.limits.memory_bytes = args.memory_mib << 20;
     config.limits.deadline = Duration::from_millis(args.deadline_ms);
     config.max_body_bytes = args.max_body_bytes;
@@ -377,7 +396,11 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         let host = host.clone();
         tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
             // The store first: models come back exactly as they were left.
-            host.restore()?;
+            if host.config().store_url.is_some() {
+                host.refresh()?;
+            } else {
+                host.restore()?;
+            }
             let stored = host.list()?;
             for (name, path) in examples {
                 // An example already in the store keeps its state (it may
@@ -433,6 +456,21 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     }
     for (name, _) in host.registry().entries() {
         println!("serving model {name}: POST https://{addr}/v2/models/{name}/infer");
+    }
+
+    if args.store.is_some() {
+        // Other servers (or Lambda instances) write to the same store.
+        let host = host.clone();
+        let every = Duration::from_secs(args.refresh_secs.max(1));
+        tokio::spawn(async move {
+            let mut ticks = tokio::time::interval(every);
+            ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                ticks.tick().await;
+                let host = host.clone();
+                let _ = tokio::task::spawn_blocking(move || host.refresh_if_due(every)).await;
+            }
+        });
     }
 
     airlock::server::serve_tls(

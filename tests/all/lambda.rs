@@ -1,0 +1,144 @@
+//! The Lambda adapter, driven with recorded API Gateway v2 (HTTP API,
+//! payload format 2.0) events from `tests/data/*.json`, through the same
+//! conversion `lambda_http::run` applies (event -> request -> router ->
+//! response -> Lambda response JSON).
+
+use std::path::Path;
+
+use airlock::Host;
+use airlock::lambda::LambdaService;
+use base64::Engine as _;
+use lambda_http::lambda_runtime::{Context, LambdaEvent};
+use lambda_http::request::LambdaRequest;
+use lambda_http::tower::Service as _;
+use serde_json::Value;
+
+use crate::support::{self, argmax_json, digits_test};
+
+/// A host like the one on Lambda: no admin token (the repository routes
+/// are IAM-authorised by API Gateway), the digits model loaded.
+fn lambda_host(admin_token: Option<&str>) -> (Host, tempfile::TempDir) {
+    let data = tempfile::tempdir().unwrap();
+    let mut config = support::test_config(data.path());
+    config.admin_token = admin_token.map(str::to_owned);
+    let host = Host::new(config).unwrap();
+    host.load_file("digits", Path::new(airlock_artifacts::DIGITS))
+        .unwrap();
+    (host, data)
+}
+
+fn event(name: &str) -> Value {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("data/{name}.json"));
+    let mut event: Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    // The upload event was recorded with a placeholder for its (binary,
+    // hence base64) body, to keep the file small.
+    if event["body"] == "@DIGITS_WASM_BASE64@" {
+        let wasm = std::fs::read(airlock_artifacts::DIGITS).unwrap();
+        event["body"] = base64::engine::general_purpose::STANDARD
+            .encode(wasm)
+            .into();
+    }
+    event
+}
+
+/// Runs `event` through the handler as the Lambda runtime would; returns
+/// the Lambda response as JSON, and its body parsed as JSON.
+async fn invoke(service: &LambdaService, event: Value) -> (Value, Value) {
+    let payload: LambdaRequest = serde_json::from_value(event).unwrap();
+    let mut adapter = lambda_http::Adapter::from(service.clone());
+    let response = adapter
+        .call(LambdaEvent::new(payload, Context::default()))
+        .await
+        .unwrap();
+    let response = serde_json::to_value(&response).unwrap();
+    assert_eq!(
+        response["isBase64Encoded"], false,
+        "JSON answers are sent as text: {response}"
+    );
+    assert_eq!(
+        response["headers"]["content-type"], "application/json",
+        "{response}"
+    );
+    let body: Value = serde_json::from_str(response["body"].as_str().unwrap()).unwrap();
+    (response, body)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn recorded_metadata_and_infer_events() {
+    let (host, _data) = lambda_host(None);
+    let service = LambdaService::new(host, None);
+
+    let (response, body) = invoke(&service, event("metadata")).await;
+    assert_eq!(response["statusCode"], 200, "{response}");
+    assert_eq!(body["name"], "digits");
+    assert_eq!(body["inputs"][0]["name"], "input");
+    assert_eq!(body["outputs"][0]["name"], "probabilities");
+
+    let expected = digits_test().reference_predictions[0];
+    for name in ["infer", "infer-base64"] {
+        let (response, body) = invoke(&service, event(name)).await;
+        assert_eq!(response["statusCode"], 200, "{name}: {response}");
+        assert_eq!(body["model_name"], "digits");
+        assert_eq!(body["id"], "probe");
+        let out = &body["outputs"][0];
+        assert_eq!(out["shape"], serde_json::json!([1, 10]));
+        assert_eq!(
+            argmax_json(out["data"].as_array().unwrap()),
+            expected,
+            "{name}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn recorded_upload_events_use_the_gateway_iam_authorisation() {
+    let (host, _data) = lambda_host(None);
+    let service = LambdaService::new(host.clone(), None);
+
+    // Authorised by API Gateway (requestContext.authorizer.iam): no token needed.
+    let (response, body) = invoke(&service, event("upload")).await;
+    assert_eq!(response["statusCode"], 201, "{response}");
+    assert_eq!(body["name"], "digits-lambda");
+    assert_eq!(body["version"], "1");
+    assert_eq!(body["active"], true);
+    let wasm = std::fs::read(airlock_artifacts::DIGITS).unwrap();
+    assert_eq!(body["sha256"], airlock::engine::sha256_hex(&wasm));
+    assert!(host.registry().active("digits-lambda").is_some());
+
+    // The same route without the IAM context: refused (no token configured).
+    let (response, body) = invoke(&service, event("upload-no-iam")).await;
+    assert_eq!(response["statusCode"], 403, "{response}");
+    assert!(
+        body["error"].as_str().unwrap().contains("disabled"),
+        "{body}"
+    );
+
+    // With a token configured, a caller without one is asked for it.
+    let (host, _data) = lambda_host(Some("lambda-token"));
+    let service = LambdaService::new(host, None);
+    let (response, _) = invoke(&service, event("upload-no-iam")).await;
+    assert_eq!(response["statusCode"], 401, "{response}");
+    assert_eq!(response["headers"]["www-authenticate"], "Bearer");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn recorded_error_events() {
+    let (host, _data) = lambda_host(None);
+    let service = LambdaService::new(host, None);
+    let cases: [(&str, u16, &str); 6] = [
+        ("upload-not-wasm", 400, "upload refused"),
+        ("presign-fs", 501, "presigned"),
+        ("error-unknown-model", 404, "unknown model"),
+        ("error-bad-json", 400, ""),
+        ("error-wrong-shape", 400, "shape"),
+        ("error-no-route", 404, "no such route"),
+    ];
+    for (name, status, needle) in cases {
+        let (response, body) = invoke(&service, event(name)).await;
+        assert_eq!(response["statusCode"], status, "{name}: {response}");
+        let message = body["error"]
+            .as_str()
+            .unwrap_or_else(|| panic!("{name}: {body}"));
+        assert!(message.contains(needle), "{name}: {message}");
+    }
+}

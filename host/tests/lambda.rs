@@ -172,6 +172,9 @@ fn function(moto: &str, dir: &Path, name: &str) -> Function {
 }
 
 fn http() -> reqwest::blocking::Client {
+    // reqwest is built without a default TLS provider (the host installs
+    // its own); these requests are plain HTTP to loopback anyway.
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     reqwest::blocking::Client::builder()
         .timeout(Duration::from_secs(120))
         .build()

@@ -64,7 +64,7 @@ enum Command {
 
 #[derive(Debug, clap::Args)]
 struct DeployArgs {
-    /// The function's zip, from `cargo lambda build --release --output-format zip`.
+    /// The function's zip, from `infra package` (or `cargo lambda build --release --output-format zip`).
     #[arg(long, env = "AIRLOCK_LAMBDA_ZIP", default_value = DEFAULT_ZIP)]
     zip: PathBuf,
     /// Function memory in MB (also buys CPU).

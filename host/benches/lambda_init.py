@@ -129,10 +129,12 @@ def s3(moto, method, key=""):
 
 
 def delete_artifacts(moto, prefix):
-    listing = s3(moto, "GET", f"?list-type=2&prefix={prefix}/artifacts/").decode()
-    for part in listing.split("<Key>")[1:]:
-        key = part.split("</Key>")[0]
-        s3(moto, "DELETE", "/" + key)
+    import boto3  # comes with moto
+    client = boto3.client("s3", endpoint_url=moto, region_name="us-east-1",
+                          aws_access_key_id="testing", aws_secret_access_key="testing")
+    listing = client.list_objects_v2(Bucket=BUCKET, Prefix=f"{prefix}/artifacts/")
+    for item in listing.get("Contents", []):
+        client.delete_object(Bucket=BUCKET, Key=item["Key"])
 
 
 def main():

@@ -142,3 +142,36 @@ async fn recorded_error_events() {
         assert!(message.contains(needle), "{name}: {message}");
     }
 }
+
+/// Two hosts on one store, as two Lambda instances on one bucket (here the
+/// filesystem store, which has the same conditional reads): what one
+/// writes, the other serves after its next look, and only then.
+#[test]
+fn refresh_publishes_what_another_host_wrote() {
+    let data = tempfile::tempdir().unwrap();
+    let a = Host::new(support::test_config(data.path())).unwrap();
+    let b = Host::new(support::test_config(data.path())).unwrap();
+    assert_eq!(a.refresh().unwrap(), Default::default());
+
+    b.load_file("digits", Path::new(airlock_artifacts::DIGITS))
+        .unwrap();
+    assert!(a.registry().active("digits").is_none(), "not looked yet");
+    assert_eq!(a.refresh().unwrap().updated, vec!["digits".to_owned()]);
+    assert_eq!(a.registry().active("digits").unwrap().version(), "1");
+    // Unchanged index: nothing published again.
+    assert!(a.refresh().unwrap().updated.is_empty());
+    // A look just happened: the next one is not due yet.
+    assert!(!a.refresh_if_due(std::time::Duration::from_secs(3600)));
+
+    // Another component (a custom section appended), activated through b.
+    let mut v2 = std::fs::read(airlock_artifacts::DIGITS).unwrap();
+    v2.extend_from_slice(&[0, 4, 3, b'v', b'-', b'2']);
+    b.upload("digits", &v2, true).unwrap();
+    assert_eq!(a.registry().active("digits").unwrap().version(), "1");
+    assert_eq!(a.refresh().unwrap().updated, vec!["digits".to_owned()]);
+    assert_eq!(a.registry().active("digits").unwrap().version(), "2");
+
+    b.unload("digits").unwrap();
+    a.refresh().unwrap();
+    assert!(a.registry().active("digits").is_none());
+}

@@ -107,7 +107,7 @@ fn a_missing_zip_fails_with_a_clear_message() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(
         stderr.contains("/nonexistent/bootstrap.zip does not exist")
-            && stderr.contains("cargo lambda build --release --output-format zip"),
+            && stderr.contains("cargo run -p infra -- package"),
         "{stderr}"
     );
     // A dry run, status and destroy do not need it.

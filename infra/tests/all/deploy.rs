@@ -716,7 +716,7 @@ async fn bad_domain_inputs_are_refused_before_any_call() {
     };
     let err = deploy(&aws, &missing).await.unwrap_err();
     assert!(
-        format!("{err:#}").contains("cargo lambda build --release --output-format zip"),
+        format!("{err:#}").contains("cargo run -p infra -- package"),
         "{err:#}"
     );
 }

@@ -87,6 +87,18 @@ const GUESTS: &[Guest] = &[
         doc: "The `huge-memory` test fixture (world `model`): declares an \
               initial linear memory of over 320 MiB.",
     },
+    Guest {
+        constant: "PII_REDACTOR",
+        package: "pii-redactor",
+        doc: "The `pii-redactor` guard (world `policy`): replaces emails, phone \
+              numbers, card numbers and IBANs in BYTES tensors with placeholders.",
+    },
+    Guest {
+        constant: "RANGE_GUARD",
+        package: "range-guard",
+        doc: "The `range-guard` guard (world `policy`): refuses NaN, infinities \
+              and values outside the ranges in its configuration.",
+    },
 ];
 
 /// WASI preview 1 command guests (core modules, binaries), built for

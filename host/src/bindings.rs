@@ -10,7 +10,25 @@ mod generated {
     });
 }
 
+/// The `policy` world (guards). Its `types` are those of the `model` world,
+/// not a second copy, so that a request a guard rewrote goes straight to
+/// the model.
+#[allow(missing_docs)]
+mod generated_policy {
+    wasmtime::component::bindgen!({
+        path: "../wit",
+        world: "policy",
+        with: {
+            "airlock:inference/types": super::generated::airlock::inference::types,
+        },
+    });
+}
+
 pub use generated::{Model, ModelPre};
+pub use generated_policy::exports::airlock::inference::guard::{
+    Guest as GuardExports, RequestDecision, ResponseDecision,
+};
+pub use generated_policy::{Policy, PolicyPre};
 
 // Spelled through `generated`: this crate is itself named `airlock`, so a
 // bare `airlock::` path would be ambiguous.

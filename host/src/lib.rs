@@ -22,6 +22,7 @@ pub mod bindings;
 pub mod client;
 pub mod compile;
 pub mod engine;
+pub mod guard;
 pub mod lambda;
 pub mod manifest;
 pub mod metrics;
@@ -43,6 +44,7 @@ use std::sync::Arc;
 use anyhow::Context as _;
 
 pub use crate::engine::{EngineConfig, Limits, Runtime};
+pub use crate::guard::{GuardError, LoadedGuard};
 pub use crate::model::{LoadError, LoadReport, LoadedModel};
 pub use crate::registry::Registry;
 pub use crate::repository::{RepoError, Upload, UploadReport};

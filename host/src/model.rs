@@ -37,10 +37,15 @@ pub enum LoadError {
     /// The component imports a capability no model may have (sockets, HTTP).
     #[error("the component imports capabilities models may not have: {0}")]
     Forbidden(String),
+    /// The component imports something the host does not provide, or does
+    /// not export the `policy` world (loading a guard).
+    #[error("the component does not fit the `policy` world: {0}")]
+    GuardWorld(String),
     /// `metadata()` failed.
     #[error("metadata() failed: {0}")]
     Metadata(GuestFailure),
-    /// A command module could not be instantiated within its limits.
+    /// A command module or a guard could not be instantiated within its
+    /// limits.
     #[error("the module cannot start within its limits: {0}")]
     Instantiate(GuestFailure),
     /// `metadata()` answered something unusable.
@@ -52,7 +57,7 @@ pub enum LoadError {
 }
 
 impl LoadError {
-    fn from_artifact(error: ArtifactError) -> Self {
+    pub(crate) fn from_artifact(error: ArtifactError) -> Self {
         match error {
             ArtifactError::Compile(crate::compile::CompileError::Host(e)) => Self::Cache(e),
             ArtifactError::Compile(e) => Self::Compile(e),
@@ -352,15 +357,7 @@ fn link_component(
     component: &Component,
     limits: &Limits,
 ) -> Result<(ModelPre<SandboxState>, ModelMetadata), LoadError> {
-    let forbidden: Vec<String> = component
-        .component_type()
-        .imports(runtime.engine())
-        .map(|(import, _)| import.to_owned())
-        .filter(|import| FORBIDDEN_IMPORTS.iter().any(|p| import.starts_with(p)))
-        .collect();
-    if !forbidden.is_empty() {
-        return Err(LoadError::Forbidden(forbidden.join(", ")));
-    }
+    check_imports(runtime, component)?;
 
     let instance_pre = runtime
         .linker()
@@ -381,6 +378,22 @@ fn link_component(
     };
     validate_metadata(&metadata).map_err(LoadError::InvalidMetadata)?;
     Ok((pre, metadata))
+}
+
+/// Refuses a component that imports anything matching
+/// [`FORBIDDEN_IMPORTS`]; shared by models and guards.
+pub(crate) fn check_imports(runtime: &Runtime, component: &Component) -> Result<(), LoadError> {
+    let forbidden: Vec<String> = component
+        .component_type()
+        .imports(runtime.engine())
+        .map(|(import, _)| import.to_owned())
+        .filter(|import| FORBIDDEN_IMPORTS.iter().any(|p| import.starts_with(p)))
+        .collect();
+    if forbidden.is_empty() {
+        Ok(())
+    } else {
+        Err(LoadError::Forbidden(forbidden.join(", ")))
+    }
 }
 
 /// Checks that a core module is a WASI preview 1 command that needs nothing

@@ -13,11 +13,15 @@ use exports::airlock::inference::guard::{Guest, RequestDecision, ResponseDecisio
 struct AllowAll;
 
 impl Guest for AllowAll {
-    fn check_request(_request: InferRequest) -> RequestDecision {
+    fn check_request(_config: String, _request: InferRequest) -> RequestDecision {
         RequestDecision::Allow
     }
 
-    fn check_response(_request: InferRequest, _response: InferResponse) -> ResponseDecision {
+    fn check_response(
+        _config: String,
+        _request: InferRequest,
+        _response: InferResponse,
+    ) -> ResponseDecision {
         ResponseDecision::Allow
     }
 }

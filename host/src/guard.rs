@@ -1,0 +1,325 @@
+//! A loaded guard: a component of the `policy` world, compiled once and
+//! instantiated fresh for every call, exactly like a model.
+//!
+//! A guard inspects a request before the model sees it (allow, deny with a
+//! reason, or rewrite it, for example with personal data redacted) and a
+//! response before the caller sees it. It runs in the same sandbox as a
+//! model (no files, network, environment or clock; memory cap, deadline),
+//! and a fresh instance per call means a guard can no more carry one
+//! caller's data into the next call than a model can.
+//!
+//! ```no_run
+//! # fn demo(runtime: &airlock::Runtime, cache: &airlock::engine::ArtifactCache,
+//! #         request: &airlock::bindings::InferRequest) -> anyhow::Result<()> {
+//! use airlock::bindings::RequestDecision;
+//! let wasm = std::fs::read(airlock_artifacts::RANGE_GUARD)?;
+//! let (guard, _) = airlock::LoadedGuard::load(
+//!     runtime, cache, "range-guard", "1", &wasm, airlock::Limits::default())?;
+//! let config = r#"{"inputs": {"input": {"min": 0, "max": 16}}}"#;
+//! match guard.check_request(config, request)? {
+//!     RequestDecision::Allow => { /* on to the next guard, then the model */ }
+//!     RequestDecision::Deny(reason) => { /* 4xx with `reason` */ }
+//!     RequestDecision::Rewrite(rewritten) => { /* use `rewritten` from here on */ }
+//! }
+//! # Ok(()) }
+//! ```
+
+use std::time::Instant;
+
+use crate::bindings::{
+    InferRequest, InferResponse, Policy, PolicyPre, RequestDecision, ResponseDecision, Tensor,
+};
+use wasmtime::component::Component;
+
+use crate::engine::{ArtifactCache, GuestFailure, Limits, Runtime, classify, sha256_hex};
+use crate::model::{LoadError, LoadReport, WasmKind, check_imports, wasm_kind};
+
+/// Why a guard call gave no usable decision.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum GuardError {
+    /// The sandbox stopped the guard (trap, deadline, memory cap…),
+    /// classified exactly like a model's failure.
+    #[error(transparent)]
+    Sandbox(#[from] GuestFailure),
+    /// The guard rewrote the request or response into something of another
+    /// structure (see [`LoadedGuard::check_request`]). A guard bug, not the
+    /// caller's fault: the message is for the log.
+    #[error("the guard's rewrite changed the structure of the {what}: {detail}")]
+    InvalidRewrite {
+        /// `"request"` or `"response"`.
+        what: &'static str,
+        /// What changed.
+        detail: String,
+    },
+}
+
+/// A guard ready to run.
+pub struct LoadedGuard {
+    name: String,
+    version: String,
+    digest: String,
+    limits: Limits,
+    pre: PolicyPre<crate::engine::SandboxState>,
+    runtime: Runtime,
+}
+
+impl std::fmt::Debug for LoadedGuard {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LoadedGuard")
+            .field("name", &self.name)
+            .field("version", &self.version)
+            .field("digest", &self.digest)
+            .finish_non_exhaustive()
+    }
+}
+
+impl LoadedGuard {
+    /// Compiles (or fetches from `cache`) the component `wasm`, checks that
+    /// it is a `policy` component importing nothing forbidden (the same
+    /// checks as a model's), links it, and instantiates it once in a sandbox
+    /// armed with `limits`, so that a guard that cannot even start is
+    /// refused at upload rather than failing every request. Every later call
+    /// runs with the same `limits`.
+    pub fn load(
+        runtime: &Runtime,
+        cache: &ArtifactCache,
+        name: &str,
+        version: &str,
+        wasm: &[u8],
+        limits: Limits,
+    ) -> Result<(Self, LoadReport), LoadError> {
+        let start = Instant::now();
+        match wasm_kind(wasm) {
+            WasmKind::Component => {}
+            WasmKind::CoreModule => {
+                return Err(LoadError::NotAComponent(
+                    "this is a core WebAssembly module; guards are components of the \
+                     `airlock:inference` `policy` world"
+                        .into(),
+                ));
+            }
+            WasmKind::NotWasm => {
+                return Err(LoadError::NotAComponent(
+                    "the bytes are not WebAssembly (no \\0asm preamble)".into(),
+                ));
+            }
+        }
+        let digest = sha256_hex(wasm);
+        let (component, outcome) = cache
+            .load_or_compile::<Component>(runtime, &digest, wasm)
+            .map_err(LoadError::from_artifact)?;
+        let compile = start.elapsed();
+        check_imports(runtime, &component)?;
+
+        let instance_pre = runtime
+            .linker()
+            .instantiate_pre(&component)
+            .map_err(|e| LoadError::GuardWorld(format!("{:#}", anyhow::Error::from(e))))?;
+        let pre = PolicyPre::new(instance_pre)
+            .map_err(|e| LoadError::GuardWorld(format!("{:#}", anyhow::Error::from(e))))?;
+        {
+            let mut store = runtime.new_store(limits);
+            pre.instantiate(&mut store)
+                .map_err(|e| LoadError::Instantiate(classify(e, &limits)))?;
+        }
+
+        let guard = Self {
+            name: name.to_owned(),
+            version: version.to_owned(),
+            digest,
+            limits,
+            pre,
+            runtime: runtime.clone(),
+        };
+        let report = LoadReport {
+            cache: outcome,
+            compile,
+            total: start.elapsed(),
+        };
+        Ok((guard, report))
+    }
+
+    /// The name the guard was loaded as.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The version loaded.
+    pub fn version(&self) -> &str {
+        &self.version
+    }
+
+    /// sha256 (hex) of the component bytes.
+    pub fn digest(&self) -> &str {
+        &self.digest
+    }
+
+    /// The limits armed on every call.
+    pub fn limits(&self) -> &Limits {
+        &self.limits
+    }
+
+    /// Runs `check-request` in a fresh sandbox. `config` is the guard's
+    /// configuration from the model's policy manifest (JSON text, or `""`).
+    ///
+    /// A rewrite is accepted only if it keeps the request's structure: the
+    /// same inputs in the same order, each with its name, shape and
+    /// datatype and an element count that matches the shape, and the same
+    /// requested outputs. Guards change contents (redact a string, clamp a
+    /// value), not structure, and the host checked the structure against the
+    /// model's metadata before the guard ran; this keeps that check valid
+    /// for the model that receives the rewritten request.
+    pub fn check_request(
+        &self,
+        config: &str,
+        request: &InferRequest,
+    ) -> Result<RequestDecision, GuardError> {
+        let mut store = self.runtime.new_store(self.limits);
+        let guard: Policy = self
+            .pre
+            .instantiate(&mut store)
+            .map_err(|e| classify(e, &self.limits))?;
+        let decision = guard
+            .airlock_inference_guard()
+            .call_check_request(&mut store, config, request)
+            .map_err(|e| classify(e, &self.limits))?;
+        if let RequestDecision::Rewrite(rewritten) = &decision {
+            same_request_structure(request, rewritten).map_err(|detail| {
+                GuardError::InvalidRewrite {
+                    what: "request",
+                    detail,
+                }
+            })?;
+        }
+        Ok(decision)
+    }
+
+    /// Runs `check-response` in a fresh sandbox, given the request the model
+    /// answered. A rewrite must keep the outputs' names, order, shapes and
+    /// datatypes, as for [`check_request`](Self::check_request).
+    pub fn check_response(
+        &self,
+        config: &str,
+        request: &InferRequest,
+        response: &InferResponse,
+    ) -> Result<ResponseDecision, GuardError> {
+        let mut store = self.runtime.new_store(self.limits);
+        let guard: Policy = self
+            .pre
+            .instantiate(&mut store)
+            .map_err(|e| classify(e, &self.limits))?;
+        let decision = guard
+            .airlock_inference_guard()
+            .call_check_response(&mut store, config, request, response)
+            .map_err(|e| classify(e, &self.limits))?;
+        if let ResponseDecision::Rewrite(rewritten) = &decision {
+            same_tensors("output", &response.outputs, &rewritten.outputs).map_err(|detail| {
+                GuardError::InvalidRewrite {
+                    what: "response",
+                    detail,
+                }
+            })?;
+        }
+        Ok(decision)
+    }
+}
+
+/// Whether `rewritten` has the structure of `original` (see
+/// [`LoadedGuard::check_request`]).
+fn same_request_structure(original: &InferRequest, rewritten: &InferRequest) -> Result<(), String> {
+    same_tensors("input", &original.inputs, &rewritten.inputs)?;
+    if original.outputs != rewritten.outputs {
+        return Err("the requested outputs changed".into());
+    }
+    Ok(())
+}
+
+fn same_tensors(kind: &str, original: &[Tensor], rewritten: &[Tensor]) -> Result<(), String> {
+    if original.len() != rewritten.len() {
+        return Err(format!(
+            "{} {kind}s became {}",
+            original.len(),
+            rewritten.len()
+        ));
+    }
+    for (a, b) in original.iter().zip(rewritten) {
+        if a.name != b.name {
+            return Err(format!("{kind} {:?} became {:?}", a.name, b.name));
+        }
+        if a.shape != b.shape {
+            return Err(format!(
+                "{kind} {:?}: shape {:?} became {:?}",
+                a.name, a.shape, b.shape
+            ));
+        }
+        if a.data.datatype() != b.data.datatype() {
+            return Err(format!(
+                "{kind} {:?}: datatype {} became {}",
+                a.name,
+                a.data.datatype().as_str(),
+                b.data.datatype().as_str()
+            ));
+        }
+        let expected = a.shape.iter().try_fold(1u64, |n, d| n.checked_mul(*d));
+        if expected != u64::try_from(b.data.len()).ok() {
+            return Err(format!(
+                "{kind} {:?}: {} elements for shape {:?}",
+                a.name,
+                b.data.len(),
+                b.shape
+            ));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::bindings::TensorData;
+
+    fn request(inputs: Vec<Tensor>) -> InferRequest {
+        InferRequest {
+            id: None,
+            parameters: Vec::new(),
+            inputs,
+            outputs: vec!["out".into()],
+        }
+    }
+
+    fn text(name: &str, elements: &[&str]) -> Tensor {
+        Tensor {
+            name: name.into(),
+            shape: vec![elements.len() as u64],
+            data: TensorData::Bytes(elements.iter().map(|e| e.as_bytes().to_vec()).collect()),
+        }
+    }
+
+    #[test]
+    fn rewrites_may_change_contents_not_structure() {
+        let original = request(vec![text("text", &["a@b.io", "hi"])]);
+        let redacted = request(vec![text("text", &["[EMAIL]", "hi"])]);
+        assert_eq!(same_request_structure(&original, &redacted), Ok(()));
+
+        let renamed = request(vec![text("other", &["x", "y"])]);
+        let fewer = request(vec![text("text", &["x"])]);
+        let mut retyped = request(vec![text("text", &["x", "y"])]);
+        retyped.inputs[0].data = TensorData::Uint8(vec![1, 2]);
+        let mut short = request(vec![text("text", &["x", "y"])]);
+        short.inputs[0].data = TensorData::Bytes(vec![b"x".to_vec()]);
+        let mut outputs = request(vec![text("text", &["x", "y"])]);
+        outputs.outputs.clear();
+        for (bad, want) in [
+            (renamed, "became \"other\""),
+            (fewer, "shape [2] became [1]"),
+            (retyped, "datatype BYTES became UINT8"),
+            (short, "1 elements for shape [2]"),
+            (outputs, "requested outputs changed"),
+            (request(Vec::new()), "1 inputs became 0"),
+        ] {
+            let err = same_request_structure(&original, &bad).unwrap_err();
+            assert!(err.contains(want), "{err}");
+        }
+    }
+}

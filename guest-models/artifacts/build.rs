@@ -44,6 +44,13 @@ const GUESTS: &[Guest] = &[
               ONNX, run by tract inside the component.",
     },
     Guest {
+        constant: "LANGID",
+        package: "langid",
+        doc: "The `langid` model (world `model`): identifies the language of \
+              UTF-8 text (BYTES input) among ten, with hashed character n-grams \
+              and a logistic regression.",
+    },
+    Guest {
         constant: "MISBEHAVE",
         package: "misbehave",
         doc: "The `misbehave` test fixture (world `model`): echoes, traps, \

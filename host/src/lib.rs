@@ -187,10 +187,11 @@ impl Host {
 
 /// The example models every `airlock serve` loads unless told otherwise:
 /// `(name, path of the built component)`.
-pub fn example_models() -> [(&'static str, &'static str); 2] {
+pub fn example_models() -> [(&'static str, &'static str); 3] {
     [
         ("digits", airlock_artifacts::DIGITS),
         ("digits-onnx", airlock_artifacts::DIGITS_ONNX),
+        ("langid", airlock_artifacts::LANGID),
     ]
 }
 

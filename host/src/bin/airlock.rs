@@ -141,7 +141,7 @@ struct ServeArgs {
     /// Extra model to serve, as NAME=PATH to a component (repeatable).
     #[arg(long = "model", value_name = "NAME=PATH", value_parser = parse_model)]
     models: Vec<(String, PathBuf)>,
-    /// Do not load the example models (digits, digits-onnx).
+    /// Do not load the example models (digits, digits-onnx, langid).
     #[arg(long, env = "AIRLOCK_NO_EXAMPLES")]
     no_examples: bool,
     /// Memory cap per request, in MiB.

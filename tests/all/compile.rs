@@ -7,7 +7,7 @@ use std::time::Duration;
 use airlock::compile::{CompileBudget, CompileError, Compiler};
 use airlock::{Host, LoadError, RepoError};
 
-use crate::support::test_config;
+use crate::support::{test_config, walk};
 
 /// A host with a fresh artifact cache (so that everything compiles) and
 /// the given compile budget.
@@ -28,19 +28,6 @@ fn nothing_left(dir: &std::path::Path) {
         let files: Vec<_> = walk(&dir.join(sub));
         assert!(files.is_empty(), "{sub}: {files:?}");
     }
-}
-
-fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
-    let mut files = Vec::new();
-    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
-        let path = entry.path();
-        if path.is_dir() {
-            files.extend(walk(&path));
-        } else {
-            files.push(path);
-        }
-    }
-    files
 }
 
 #[test]

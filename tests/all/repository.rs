@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use serde_json::Value;
 
 use crate::support::{
-    ADMIN_TOKEN, assert_still_serving, digits_request, post_json, server, split, test_config,
+    ADMIN_TOKEN, assert_still_serving, digits_request, post_json, server, split, test_config, walk,
 };
 
 fn wasm(path: &str) -> Vec<u8> {
@@ -526,19 +526,4 @@ async fn signatures_are_checked_before_anything_is_compiled_or_stored() {
         listed[0].index.versions[0].signed_by.as_deref(),
         Some(public.as_str())
     );
-}
-
-fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
-    let mut files = Vec::new();
-    if let Ok(entries) = std::fs::read_dir(dir) {
-        for entry in entries.flatten() {
-            let path = entry.path();
-            if path.is_dir() {
-                files.extend(walk(&path));
-            } else {
-                files.push(path);
-            }
-        }
-    }
-    files
 }

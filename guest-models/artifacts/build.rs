@@ -59,10 +59,18 @@ const GUESTS: &[Guest] = &[
               parameter says.",
     },
     Guest {
-        constant: "ALLOW_GUARD",
-        package: "allow-guard",
-        doc: "The `allow-guard` test fixture (world `policy`): a guard that \
-              allows everything; not a model.",
+        constant: "SCRIPT_GUARD",
+        package: "script-guard",
+        doc: "The `script-guard` test fixture (world `policy`): a guard whose \
+              configuration says what it decides (allow, deny, rewrite, loop, \
+              trap); not a model.",
+    },
+    Guest {
+        constant: "TEXT_ECHO",
+        package: "text-echo",
+        doc: "The `text-echo` test fixture (world `model`): returns its BYTES \
+              input `text` as output `text`, so tests can see exactly what a \
+              model received after the guards.",
     },
     Guest {
         constant: "NET_PROBE",

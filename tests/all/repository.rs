@@ -220,8 +220,9 @@ async fn bad_uploads_are_refused_and_leave_nothing_behind() {
             "core WebAssembly module",
         ),
         (
+            // Neither a model nor a guard: a component that exports nothing.
             "another world",
-            wasm(airlock_artifacts::ALLOW_GUARD),
+            wat::parse_str("(component)").unwrap(),
             400,
             "airlock:inference/inference",
         ),

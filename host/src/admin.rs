@@ -3,7 +3,8 @@
 //!
 //! | method | path | |
 //! |---|---|---|
-//! | POST | `/v2/repository/index` | every stored model and version |
+//! | POST | `/v2/repository/index` | every stored model and guard, and their versions |
+//! | GET  | `/v2/repository/decisions[?limit=N]` | the most recent guard decisions (see [`crate::decisions`]) |
 //! | POST | `/v2/repository/models/{name}/load` | serve a stored model again |
 //! | POST | `/v2/repository/models/{name}/unload` | stop serving it (it stays stored) |
 //! | POST | `/v2/repository/models/{name}/versions[?activate=true]` | upload a new version: an `application/wasm` body, or `multipart/form-data` with parts `model`, `manifest` (TOML/JSON, see [`crate::manifest`]) and `signature` |
@@ -12,6 +13,11 @@
 //! | DELETE | `/v2/repository/models/{name}/versions/{version}` | delete a version that is not active |
 //! | POST | `/v2/repository/models/{name}/uploads` | `{"size": N}`: a presigned upload (S3 store only; 501 otherwise) |
 //! | POST | `/v2/repository/models/{name}/uploads/{id}[?activate=true]` | `{"sha256": "…", "manifest": "…"?}`: finalise it as a new version |
+//!
+//! A guard (a component of the `policy` world) is uploaded, versioned,
+//! activated and rolled back through the same `models/{name}` routes: the
+//! upload tells what it is from the component's exports. It is not served
+//! for inference; models name it in their manifests' `guards`.
 //!
 //! Every route needs `Authorization: Bearer <admin token>`: 401 without it,
 //! 403 with a wrong one. Tokens are compared in constant time. Behind API
@@ -25,7 +31,7 @@ use axum::extract::{
 use axum::http::request::Parts;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{delete, post};
+use axum::routing::{delete, get, post};
 use axum::{Json, Router};
 use bytes::Bytes;
 use serde::Deserialize;
@@ -40,6 +46,7 @@ use crate::manifest::Manifest;
 pub(crate) fn routes(max_upload_bytes: usize) -> Router<AppState> {
     Router::new()
         .route("/v2/repository/index", post(index))
+        .route("/v2/repository/decisions", get(decisions))
         .route("/v2/repository/models/{name}/load", post(load))
         .route("/v2/repository/models/{name}/unload", post(unload))
         .route(
@@ -135,6 +142,7 @@ async fn index(
             rows.push(json!({
                 "name": index.name,
                 "version": record.version,
+                "kind": index.kind.as_str(),
                 "state": state,
                 "reason": reason,
                 "active": active,
@@ -146,6 +154,25 @@ async fn index(
         }
     }
     Ok(Json(serde_json::Value::Array(rows)))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DecisionsQuery {
+    limit: Option<usize>,
+}
+
+/// `GET /v2/repository/decisions[?limit=N]`: the most recent guard
+/// decisions (default 100, at most the ring's capacity), oldest first.
+async fn decisions(
+    _: Admin,
+    State(state): State<AppState>,
+    query: Result<Query<DecisionsQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let Query(query) = query.map_err(|e| ApiError::BadRequest(e.body_text()))?;
+    let limit = query.limit.unwrap_or(100);
+    let decisions = state.host.decisions().recent(limit);
+    Ok(Json(json!({ "decisions": decisions })))
 }
 
 #[derive(Deserialize)]
@@ -316,6 +343,7 @@ fn upload_response(report: &crate::UploadReport) -> Response {
         Json(json!({
             "name": report.name,
             "version": report.version,
+            "kind": report.kind.as_str(),
             "sha256": report.sha256,
             "created": report.created,
             "active": report.active,

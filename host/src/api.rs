@@ -25,6 +25,7 @@ use serde_json::json;
 
 use crate::bindings::{GuestError, InferResponse, TensorSpec};
 use crate::engine::GuestFailure;
+use crate::guard::{ChainStop, Chains, GuardError};
 use crate::model::LoadedModel;
 use crate::oip::{self, BadRequest, InferResponseBody, RequestLimits, ResponseError};
 use crate::registry::Registry;
@@ -101,6 +102,12 @@ pub enum ApiError {
         /// What happened.
         failure: GuestFailure,
     },
+    /// A guard of the model's policy stopped the request: 403 when it
+    /// denied; when it failed or is not loaded, the request fails closed
+    /// with the status a model's failure of that kind gets (503 when the
+    /// guard is missing).
+    #[error(transparent)]
+    Guard(#[from] crate::guard::ChainStop),
     /// 503: the model already runs as many requests as its policy allows.
     #[error("model {model:?} is at its limit of {limit} concurrent requests; retry later")]
     Busy {
@@ -163,12 +170,14 @@ impl ApiError {
                 StatusCode::INTERNAL_SERVER_ERROR
             }
             ApiError::Busy { .. } => StatusCode::SERVICE_UNAVAILABLE,
-            ApiError::Sandbox { failure, .. } => match failure {
-                GuestFailure::Deadline(_) => StatusCode::GATEWAY_TIMEOUT,
-                GuestFailure::MemoryCap(_) => StatusCode::INSUFFICIENT_STORAGE,
-                GuestFailure::Capacity(_) => StatusCode::SERVICE_UNAVAILABLE,
-                // The model is the upstream here; its answer is unusable.
-                GuestFailure::OutputTooLarge(_) => StatusCode::BAD_GATEWAY,
+            ApiError::Sandbox { failure, .. } => failure_status(failure),
+            ApiError::Guard(stop) => match stop {
+                ChainStop::Denied { .. } => StatusCode::FORBIDDEN,
+                ChainStop::Missing { .. } => StatusCode::SERVICE_UNAVAILABLE,
+                ChainStop::Failed {
+                    error: GuardError::Sandbox(failure),
+                    ..
+                } => failure_status(failure),
                 _ => StatusCode::INTERNAL_SERVER_ERROR,
             },
         }
@@ -178,6 +187,8 @@ impl ApiError {
         match self {
             ApiError::ModelFailed { .. } => Some("model-error"),
             ApiError::Busy { .. } => Some("busy"),
+            ApiError::Guard(ChainStop::Denied { .. }) => Some("denied"),
+            ApiError::Guard(_) => Some("guard"),
             ApiError::Sandbox { failure, .. } => Some(match failure {
                 GuestFailure::Deadline(_) => "deadline",
                 GuestFailure::MemoryCap(_) => "memory",
@@ -214,6 +225,36 @@ impl IntoResponse for ApiError {
                 tracing::error!(error = format!("{error:#}"), "internal error");
                 self.to_string()
             }
+            ApiError::Guard(ChainStop::Failed {
+                guard,
+                stage,
+                error,
+            }) => {
+                // The sandbox's own limits may be named; anything else is a
+                // bug in the guard or the host, for the log only.
+                let limit = match error {
+                    GuardError::Sandbox(GuestFailure::Deadline(d)) => {
+                        Some(format!("it ran past its deadline of {d:?}"))
+                    }
+                    GuardError::Sandbox(GuestFailure::MemoryCap(cap)) => {
+                        Some(format!("it hit its memory cap of {cap} bytes"))
+                    }
+                    GuardError::Sandbox(GuestFailure::Trap(_)) => Some("it trapped".to_owned()),
+                    GuardError::Sandbox(GuestFailure::Capacity(_)) => {
+                        Some("no sandbox capacity left".to_owned())
+                    }
+                    _ => None,
+                };
+                tracing::warn!(guard = %guard, stage = %stage, error = %error, "guard failed; request refused");
+                match limit {
+                    Some(limit) => format!("guard {guard:?} failed on the {stage}: {limit}"),
+                    None => format!("guard {guard:?} failed on the {stage}"),
+                }
+            }
+            ApiError::Guard(ChainStop::Missing { guard, .. }) => {
+                tracing::error!(guard = %guard, "a model's policy names a guard that is not loaded");
+                self.to_string()
+            }
             // Client errors may quote the caller's data: never logged.
             _ => self.to_string(),
         };
@@ -234,6 +275,18 @@ impl IntoResponse for ApiError {
                 .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
         }
         response
+    }
+}
+
+/// The status of a sandbox failure, a model's or a guard's.
+fn failure_status(failure: &GuestFailure) -> StatusCode {
+    match failure {
+        GuestFailure::Deadline(_) => StatusCode::GATEWAY_TIMEOUT,
+        GuestFailure::MemoryCap(_) => StatusCode::INSUFFICIENT_STORAGE,
+        GuestFailure::Capacity(_) => StatusCode::SERVICE_UNAVAILABLE,
+        // The model is the upstream here; its answer is unusable.
+        GuestFailure::OutputTooLarge(_) => StatusCode::BAD_GATEWAY,
+        _ => StatusCode::INTERNAL_SERVER_ERROR,
     }
 }
 
@@ -505,35 +558,18 @@ async fn run_infer(
     };
     let request = oip::parse_infer_request(&body, model.metadata(), &limits)?;
     drop(body);
-    let (request, outcome) = {
+    let (request, response) = {
         let model = Arc::clone(&model);
+        let host = state.host.clone();
         run_blocking(move || {
-            let outcome = model.infer(&request);
+            let chains = Chains::new(host.guards(), host.decisions(), &model);
+            let request = chains.check_request(request)?;
+            let response = model_response(&model, model.infer(&request))?;
+            let response = chains.check_response(&request, response)?;
             drop(admission);
-            (request, outcome)
+            Ok::<_, ApiError>((request, response))
         })
-        .await?
-    };
-    let response: InferResponse = match outcome {
-        Ok(Ok(response)) => response,
-        Ok(Err(GuestError::InvalidInput(message) | GuestError::Unsupported(message))) => {
-            return Err(ApiError::ModelRejected {
-                model: model.name().to_owned(),
-                message,
-            });
-        }
-        Ok(Err(GuestError::Internal(detail) | GuestError::Other(detail))) => {
-            return Err(ApiError::ModelFailed {
-                model: model.name().to_owned(),
-                detail,
-            });
-        }
-        Err(failure) => {
-            return Err(ApiError::Sandbox {
-                model: model.name().to_owned(),
-                failure,
-            });
-        }
+        .await??
     };
     let outputs = oip::check_response(response, model.metadata(), &request.outputs, &limits)
         .map_err(|error| match error {
@@ -563,6 +599,32 @@ async fn run_infer(
         json,
     )
         .into_response())
+}
+
+/// The model's answer, or the error it is for the caller.
+fn model_response(
+    model: &LoadedModel,
+    outcome: Result<Result<InferResponse, GuestError>, GuestFailure>,
+) -> Result<InferResponse, ApiError> {
+    match outcome {
+        Ok(Ok(response)) => Ok(response),
+        Ok(Err(GuestError::InvalidInput(message) | GuestError::Unsupported(message))) => {
+            Err(ApiError::ModelRejected {
+                model: model.name().to_owned(),
+                message,
+            })
+        }
+        Ok(Err(GuestError::Internal(detail) | GuestError::Other(detail))) => {
+            Err(ApiError::ModelFailed {
+                model: model.name().to_owned(),
+                detail,
+            })
+        }
+        Err(failure) => Err(ApiError::Sandbox {
+            model: model.name().to_owned(),
+            failure,
+        }),
+    }
 }
 
 /// Runs CPU-bound sandbox work without stalling the async executor: in place

@@ -31,8 +31,11 @@ use crate::bindings::{
 };
 use wasmtime::component::Component;
 
+use crate::decisions::{DecisionLog, Outcome, Stage};
 use crate::engine::{ArtifactCache, GuestFailure, Limits, Runtime, classify, sha256_hex};
-use crate::model::{LoadError, LoadReport, WasmKind, check_imports, wasm_kind};
+use crate::manifest::GuardRef;
+use crate::model::{LoadError, LoadReport, LoadedModel, WasmKind, check_imports, wasm_kind};
+use crate::registry::Registry;
 
 /// Why a guard call gave no usable decision.
 #[derive(Debug, thiserror::Error)]
@@ -140,6 +143,14 @@ impl LoadedGuard {
         Ok((guard, report))
     }
 
+    /// The same guard served as `version`.
+    pub fn relabel(self, version: &str) -> Self {
+        Self {
+            version: version.to_owned(),
+            ..self
+        }
+    }
+
     /// The name the guard was loaded as.
     pub fn name(&self) -> &str {
         &self.name
@@ -222,6 +233,218 @@ impl LoadedGuard {
             })?;
         }
         Ok(decision)
+    }
+}
+
+/// Whether `wasm` is a guard: a component that exports the `guard`
+/// interface (world `policy`) and not `inference` (world `model`). Read
+/// from the component's top-level export section, without compiling it, so
+/// that an upload knows what it is before the compile worker runs.
+pub fn is_guard_component(wasm: &[u8]) -> bool {
+    use wasmparser::{Parser, Payload};
+    if wasm_kind(wasm) != WasmKind::Component {
+        return false;
+    }
+    let (mut guard, mut inference) = (false, false);
+    // Nested modules and components come inline, each opened by a
+    // `Version` payload and closed by an `End`: only depth 1 is the
+    // component's own export section.
+    let mut depth = 0usize;
+    for payload in Parser::new(0).parse_all(wasm) {
+        match payload {
+            Ok(Payload::Version { .. }) => depth += 1,
+            Ok(Payload::End(_)) => depth = depth.saturating_sub(1),
+            Ok(Payload::ComponentExportSection(exports)) if depth == 1 => {
+                for export in exports.into_iter().flatten() {
+                    let name = export.name.name;
+                    guard |= name.starts_with("airlock:inference/guard@");
+                    inference |= name.starts_with("airlock:inference/inference@");
+                }
+            }
+            Ok(_) => {}
+            // Malformed: not for this function to judge; compiling it will.
+            Err(_) => return false,
+        }
+    }
+    guard && !inference
+}
+
+/// Why a model's guard chain stopped a request.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ChainStop {
+    /// A guard denied. The reason is the guard's, for the caller.
+    #[error("guard {guard:?} denied the {stage}: {reason}")]
+    Denied {
+        /// The guard.
+        guard: String,
+        /// Where.
+        stage: Stage,
+        /// The guard's reason.
+        reason: String,
+    },
+    /// A guard gave no usable decision: the request fails closed.
+    #[error("guard {guard:?} failed on the {stage}: {error}")]
+    Failed {
+        /// The guard.
+        guard: String,
+        /// Where.
+        stage: Stage,
+        /// What went wrong.
+        error: GuardError,
+    },
+    /// The model's policy names a guard (or a pinned version) that is not
+    /// loaded: the request fails closed rather than skip it.
+    #[error("guard {guard:?}, required by this model's policy, is not loaded")]
+    Missing {
+        /// The guard.
+        guard: String,
+        /// Where.
+        stage: Stage,
+    },
+}
+
+/// Runs a model's guard chains (its policy's `guards.request` and
+/// `guards.response`, in order), resolving each guard in `guards` at call
+/// time, so a new active guard version protects every model at once; each
+/// decision goes to the decision log and the model's metrics.
+pub struct Chains<'a> {
+    guards: &'a Registry<LoadedGuard>,
+    log: &'a DecisionLog,
+    model: &'a LoadedModel,
+}
+
+impl<'a> Chains<'a> {
+    /// The chains of `model`.
+    pub fn new(
+        guards: &'a Registry<LoadedGuard>,
+        log: &'a DecisionLog,
+        model: &'a LoadedModel,
+    ) -> Self {
+        Self { guards, log, model }
+    }
+
+    /// Runs the request guards; returns the request the model is to see.
+    pub fn check_request(&self, mut request: InferRequest) -> Result<InferRequest, ChainStop> {
+        for step in &self.model.policy().guards.request {
+            let guard = self.resolve(step, Stage::Request)?;
+            let started = Instant::now();
+            let result = guard.check_request(&step.config_text(), &request);
+            let outcome = match &result {
+                Ok(RequestDecision::Allow) => Outcome::Allow,
+                Ok(RequestDecision::Deny(_)) => Outcome::Deny,
+                Ok(RequestDecision::Rewrite(_)) => Outcome::Rewrite,
+                Err(_) => Outcome::Error,
+            };
+            self.record(&guard, Stage::Request, outcome, started);
+            match result {
+                Ok(RequestDecision::Allow) => {}
+                Ok(RequestDecision::Rewrite(rewritten)) => request = rewritten,
+                Ok(RequestDecision::Deny(reason)) => {
+                    return Err(ChainStop::Denied {
+                        guard: step.name.clone(),
+                        stage: Stage::Request,
+                        reason,
+                    });
+                }
+                Err(error) => {
+                    return Err(ChainStop::Failed {
+                        guard: step.name.clone(),
+                        stage: Stage::Request,
+                        error,
+                    });
+                }
+            }
+        }
+        Ok(request)
+    }
+
+    /// Runs the response guards on the model's answer to `request`; returns
+    /// the response the caller is to see.
+    pub fn check_response(
+        &self,
+        request: &InferRequest,
+        mut response: InferResponse,
+    ) -> Result<InferResponse, ChainStop> {
+        for step in &self.model.policy().guards.response {
+            let guard = self.resolve(step, Stage::Response)?;
+            let started = Instant::now();
+            let result = guard.check_response(&step.config_text(), request, &response);
+            let outcome = match &result {
+                Ok(ResponseDecision::Allow) => Outcome::Allow,
+                Ok(ResponseDecision::Deny(_)) => Outcome::Deny,
+                Ok(ResponseDecision::Rewrite(_)) => Outcome::Rewrite,
+                Err(_) => Outcome::Error,
+            };
+            self.record(&guard, Stage::Response, outcome, started);
+            match result {
+                Ok(ResponseDecision::Allow) => {}
+                Ok(ResponseDecision::Rewrite(rewritten)) => response = rewritten,
+                Ok(ResponseDecision::Deny(reason)) => {
+                    return Err(ChainStop::Denied {
+                        guard: step.name.clone(),
+                        stage: Stage::Response,
+                        reason,
+                    });
+                }
+                Err(error) => {
+                    return Err(ChainStop::Failed {
+                        guard: step.name.clone(),
+                        stage: Stage::Response,
+                        error,
+                    });
+                }
+            }
+        }
+        Ok(response)
+    }
+
+    fn resolve(
+        &self,
+        step: &GuardRef,
+        stage: Stage,
+    ) -> Result<std::sync::Arc<LoadedGuard>, ChainStop> {
+        let guard = match &step.version {
+            Some(version) => self.guards.version(&step.name, version),
+            None => self.guards.active(&step.name),
+        };
+        guard.ok_or_else(|| {
+            self.log.record(
+                self.model.name(),
+                self.model.version(),
+                &step.name,
+                "",
+                stage,
+                Outcome::Error,
+                std::time::Duration::ZERO,
+            );
+            self.model.stats().record_guard(
+                &step.name,
+                stage,
+                Outcome::Error,
+                std::time::Duration::ZERO,
+            );
+            ChainStop::Missing {
+                guard: step.name.clone(),
+                stage,
+            }
+        })
+    }
+
+    fn record(&self, guard: &LoadedGuard, stage: Stage, outcome: Outcome, started: Instant) {
+        let elapsed = started.elapsed();
+        self.log.record(
+            self.model.name(),
+            self.model.version(),
+            guard.name(),
+            guard.version(),
+            stage,
+            outcome,
+            elapsed,
+        );
+        self.model
+            .stats()
+            .record_guard(guard.name(), stage, outcome, elapsed);
     }
 }
 

@@ -21,6 +21,7 @@ pub mod api;
 pub mod bindings;
 pub mod client;
 pub mod compile;
+pub mod decisions;
 pub mod engine;
 pub mod guard;
 pub mod lambda;
@@ -44,7 +45,7 @@ use std::sync::Arc;
 use anyhow::Context as _;
 
 pub use crate::engine::{EngineConfig, Limits, Runtime};
-pub use crate::guard::{GuardError, LoadedGuard};
+pub use crate::guard::{ChainStop, Chains, GuardError, LoadedGuard};
 pub use crate::model::{LoadError, LoadReport, LoadedModel};
 pub use crate::registry::Registry;
 pub use crate::repository::{RepoError, Upload, UploadReport};
@@ -106,6 +107,8 @@ pub struct Host {
     runtime: Runtime,
     cache: engine::ArtifactCache,
     registry: Arc<Registry>,
+    guards: Arc<Registry<LoadedGuard>>,
+    decisions: Arc<decisions::DecisionLog>,
     store: Arc<dyn store::Store>,
     config: HostConfig,
     /// Serialises repository writes (uploads, activations, …).
@@ -139,6 +142,8 @@ impl Host {
             runtime,
             cache,
             registry: Arc::new(Registry::new()),
+            guards: Arc::new(Registry::new()),
+            decisions: Arc::default(),
             store,
             config,
             write_lock: Arc::default(),
@@ -159,6 +164,16 @@ impl Host {
     /// The served models.
     pub fn registry(&self) -> &Arc<Registry> {
         &self.registry
+    }
+
+    /// The loaded guards (world `policy`), which models' policies name.
+    pub fn guards(&self) -> &Arc<Registry<LoadedGuard>> {
+        &self.guards
+    }
+
+    /// Every guard decision (see [`decisions`]).
+    pub fn decisions(&self) -> &Arc<decisions::DecisionLog> {
+        &self.decisions
     }
 
     /// The wasm runtime.

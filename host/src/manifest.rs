@@ -14,6 +14,13 @@
 //! api_keys = ["sha256:9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"]
 //! require_signatures = true
 //!
+//! [[guards.request]]       # run in order before the model
+//! name = "pii-redactor"    # a guard uploaded to this server
+//! config = { kinds = ["email", "iban"] }   # handed to the guard as JSON text
+//! [[guards.response]]      # run in order on the model's outputs
+//! name = "range-guard"
+//! version = "2"            # pinned; without it the guard's active version runs
+//!
 //! [metadata]               # WASI preview 1 command modules only
 //! version = "1"
 //! platform = "wasi-p1"
@@ -33,6 +40,10 @@ use crate::engine::Limits;
 const MAX_MEMORY_MIB: u64 = 4096;
 /// Longest deadline a manifest may ask for.
 const MAX_DEADLINE_MS: u64 = 60_000;
+/// Most guards in one chain (request or response).
+const MAX_GUARDS: usize = 8;
+/// Largest guard configuration, as JSON text.
+const MAX_GUARD_CONFIG_BYTES: usize = 64 << 10;
 
 /// The manifest as uploaded (after validation; API keys are stored hashed).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -60,9 +71,58 @@ pub struct Manifest {
     /// Refuse later uploads to this model unless signed by a trusted key.
     #[serde(default, skip_serializing_if = "is_false")]
     pub require_signatures: bool,
+    /// The guards that run on each request and response, in order.
+    #[serde(default, skip_serializing_if = "Guards::is_empty")]
+    pub guards: Guards,
     /// The metadata of a WASI preview 1 command module.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub metadata: Option<CommandMetadata>,
+}
+
+/// A model's guard chains, as its manifest names them.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Guards {
+    /// Run in order on the request, before the model sees it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub request: Vec<GuardRef>,
+    /// Run in order on the model's response, before the caller sees it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub response: Vec<GuardRef>,
+}
+
+impl Guards {
+    /// Whether no guard runs.
+    pub fn is_empty(&self) -> bool {
+        self.request.is_empty() && self.response.is_empty()
+    }
+}
+
+/// One guard of a chain.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GuardRef {
+    /// The name the guard was uploaded under.
+    pub name: String,
+    /// A version to pin; without one, the guard's active version runs, so
+    /// a new guard version reaches every model it guards at once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<String>,
+    /// The guard's configuration: a string is handed over as it is, any
+    /// other value as JSON text (TOML tables become JSON objects).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub config: Option<serde_json::Value>,
+}
+
+impl GuardRef {
+    /// The configuration text the guard receives (`""` when none).
+    pub fn config_text(&self) -> String {
+        match &self.config {
+            None => String::new(),
+            Some(serde_json::Value::String(text)) => text.clone(),
+            Some(value) => value.to_string(),
+        }
+    }
 }
 
 fn is_false(b: &bool) -> bool {
@@ -136,7 +196,48 @@ impl Manifest {
         if let Some(metadata) = &self.metadata {
             metadata.to_model_metadata("")?;
         }
+        for (stage, chain) in [
+            ("request", &self.guards.request),
+            ("response", &self.guards.response),
+        ] {
+            if chain.len() > MAX_GUARDS {
+                return Err(format!(
+                    "manifest field `guards.{stage}` names {} guards; at most {MAX_GUARDS} may run",
+                    chain.len()
+                ));
+            }
+            for (i, guard) in chain.iter().enumerate() {
+                crate::validate_model_name(&guard.name)
+                    .map_err(|e| format!("manifest field `guards.{stage}[{i}].name`: {e}"))?;
+                if guard.config_text().len() > MAX_GUARD_CONFIG_BYTES {
+                    return Err(format!(
+                        "manifest field `guards.{stage}[{i}].config` is over {MAX_GUARD_CONFIG_BYTES} bytes"
+                    ));
+                }
+            }
+        }
         Ok(())
+    }
+
+    /// Refuses the fields that mean nothing for a guard (a guard is called
+    /// by the host, not by clients, and guards no one itself): only the
+    /// sandbox limits `memory_mib` and `deadline_ms` apply.
+    pub fn check_for_guard(&self) -> Result<(), String> {
+        let misplaced = [
+            ("max_request_bytes", self.max_request_bytes.is_some()),
+            ("max_elements", self.max_elements.is_some()),
+            ("max_concurrency", self.max_concurrency.is_some()),
+            ("api_keys", !self.api_keys.is_empty()),
+            ("guards", !self.guards.is_empty()),
+            ("metadata", self.metadata.is_some()),
+        ];
+        match misplaced.iter().find(|(_, set)| *set) {
+            Some((field, _)) => Err(format!(
+                "manifest field `{field}` does not apply to a guard (only `memory_mib`, \
+                 `deadline_ms` and `require_signatures` do)"
+            )),
+            None => Ok(()),
+        }
     }
 
     /// The policy in force for a model with this manifest on a server whose
@@ -160,6 +261,7 @@ impl Manifest {
         }
         policy.api_keys = self.api_keys.clone();
         policy.require_signatures |= self.require_signatures;
+        policy.guards = self.guards.clone();
         policy
     }
 }
@@ -247,6 +349,10 @@ pub struct Policy {
     pub api_keys: Vec<String>,
     /// Uploads to this model must be signed.
     pub require_signatures: bool,
+    /// The guards run on each request and response (shown with their
+    /// configuration: it is policy, not a secret).
+    #[serde(skip_serializing_if = "Guards::is_empty")]
+    pub guards: Guards,
 }
 
 fn serialize_limits<S: serde::Serializer>(limits: &Limits, s: S) -> Result<S::Ok, S::Error> {
@@ -284,6 +390,7 @@ mod tests {
             max_concurrency: None,
             api_keys: Vec::new(),
             require_signatures: false,
+            guards: Guards::default(),
         }
     }
 
@@ -331,6 +438,49 @@ mod tests {
         assert!(!serde_json::to_string(&m).unwrap().contains("secret"));
         assert!(Manifest::parse(b"api_keys = [\"short\"]").is_err());
         assert!(Manifest::parse(b"api_keys = [\"sha256:abc\"]").is_err());
+    }
+
+    #[test]
+    fn guard_chains_parse_with_their_configuration() {
+        let toml = Manifest::parse(
+            b"[[guards.request]]\nname = \"pii\"\nconfig = { kinds = [\"email\"] }\n\
+              [[guards.request]]\nname = \"script\"\nconfig = \"deny:no\"\nversion = \"2\"\n\
+              [[guards.response]]\nname = \"range\"\n",
+        )
+        .unwrap();
+        let json = Manifest::parse(
+            br#"{"guards": {"request": [{"name": "pii", "config": {"kinds": ["email"]}},
+                {"name": "script", "config": "deny:no", "version": "2"}],
+                "response": [{"name": "range"}]}}"#,
+        )
+        .unwrap();
+        assert_eq!(toml, json);
+        let request = &toml.guards.request;
+        assert_eq!(request[0].config_text(), r#"{"kinds":["email"]}"#);
+        assert_eq!(
+            request[1].config_text(),
+            "deny:no",
+            "a string goes as it is"
+        );
+        assert_eq!(request[1].version.as_deref(), Some("2"));
+        assert_eq!(toml.guards.response[0].config_text(), "");
+        assert_eq!(toml.policy(&defaults()).guards, toml.guards);
+
+        let err = Manifest::parse(b"[[guards.request]]\nname = \"../x\"\n").unwrap_err();
+        assert!(err.contains("guards.request[0].name"), "{err}");
+        let err = Manifest::parse(b"[[guards.request]]\nname = \"x\"\nconf = 1\n").unwrap_err();
+        assert!(err.contains("conf"), "{err}");
+        let nine = "[[guards.response]]\nname = \"x\"\n".repeat(9);
+        let err = Manifest::parse(nine.as_bytes()).unwrap_err();
+        assert!(err.contains("guards.response"), "{err}");
+        let err = toml.check_for_guard().unwrap_err();
+        assert!(err.contains("`guards`"), "{err}");
+        assert!(
+            Manifest::parse(b"memory_mib = 8")
+                .unwrap()
+                .check_for_guard()
+                .is_ok()
+        );
     }
 
     #[test]

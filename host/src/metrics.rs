@@ -8,9 +8,13 @@
 //! locked on the request path), so a version's series live exactly as long
 //! as the version is served.
 
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
+
+use crate::decisions::{Outcome, Stage};
 
 /// Upper bounds of the latency histogram, in seconds.
 const BUCKETS: [f64; 12] = [
@@ -21,7 +25,7 @@ const BUCKETS: [f64; 12] = [
 const STATUSES: [u16; 12] = [200, 400, 401, 403, 413, 415, 500, 502, 503, 504, 507, 429];
 
 /// Sandbox failure kinds, as in the `x-airlock-error` header.
-const FAILURES: [&str; 7] = [
+const FAILURES: [&str; 9] = [
     "trap",
     "deadline",
     "memory",
@@ -29,6 +33,8 @@ const FAILURES: [&str; 7] = [
     "capacity",
     "busy",
     "model-error",
+    "denied",
+    "guard",
 ];
 
 /// The counters of one model version.
@@ -39,7 +45,14 @@ pub struct ModelStats {
     buckets: [AtomicU64; BUCKETS.len()],
     count: AtomicU64,
     sum_micros: AtomicU64,
+    /// Guard decisions: count and total microseconds, by guard, stage and
+    /// decision. A lock, not atomics: the set of guards is open, and a
+    /// guard call costs tens of microseconds beside it.
+    guards: Mutex<GuardCounts>,
 }
+
+/// Per (guard, stage, decision): how many, and their total microseconds.
+type GuardCounts = BTreeMap<(String, Stage, Outcome), (u64, u64)>;
 
 impl ModelStats {
     /// Records one inference request: its status, its failure kind (the
@@ -62,6 +75,19 @@ impl ModelStats {
             u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX),
             Ordering::Relaxed,
         );
+    }
+}
+
+impl ModelStats {
+    /// Records one decision of `guard` on this model version.
+    pub fn record_guard(&self, guard: &str, stage: Stage, outcome: Outcome, elapsed: Duration) {
+        let micros = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX);
+        let mut guards = self.guards.lock().unwrap_or_else(|p| p.into_inner());
+        let slot = guards
+            .entry((guard.to_owned(), stage, outcome))
+            .or_default();
+        slot.0 += 1;
+        slot.1 = slot.1.saturating_add(micros);
     }
 }
 
@@ -134,6 +160,48 @@ pub fn render<'a>(models: impl Iterator<Item = (&'a str, &'a str, &'a ModelStats
             "airlock_request_duration_seconds_count{{{labels}}} {count}"
         );
     }
+
+    out.push_str("# HELP airlock_guard_decisions_total Guard decisions, by model, version, guard, stage and decision.\n");
+    out.push_str("# TYPE airlock_guard_decisions_total counter\n");
+    let guards: Vec<_> = models
+        .iter()
+        .map(|(model, version, stats)| {
+            let guards = stats.guards.lock().unwrap_or_else(|p| p.into_inner());
+            (*model, *version, guards.clone())
+        })
+        .collect();
+    for (model, version, guards) in &guards {
+        for ((guard, stage, outcome), (n, _)) in guards {
+            let _ = writeln!(
+                out,
+                "airlock_guard_decisions_total{{model=\"{model}\",version=\"{version}\",guard=\"{guard}\",stage=\"{}\",decision=\"{}\"}} {n}",
+                stage.as_str(),
+                outcome.as_str()
+            );
+        }
+    }
+    out.push_str("# HELP airlock_guard_duration_seconds Time in guards, sandbox included.\n");
+    out.push_str("# TYPE airlock_guard_duration_seconds summary\n");
+    for (model, version, guards) in &guards {
+        let mut totals: BTreeMap<(&str, Stage), (u64, u64)> = BTreeMap::new();
+        for ((guard, stage, _), (n, micros)) in guards {
+            let total = totals.entry((guard.as_str(), *stage)).or_default();
+            total.0 += n;
+            total.1 = total.1.saturating_add(*micros);
+        }
+        for ((guard, stage), (n, micros)) in totals {
+            let labels = format!(
+                "model=\"{model}\",version=\"{version}\",guard=\"{guard}\",stage=\"{}\"",
+                stage.as_str()
+            );
+            let _ = writeln!(
+                out,
+                "airlock_guard_duration_seconds_sum{{{labels}}} {}",
+                micros as f64 / 1e6
+            );
+            let _ = writeln!(out, "airlock_guard_duration_seconds_count{{{labels}}} {n}");
+        }
+    }
     out
 }
 
@@ -164,5 +232,29 @@ mod tests {
         assert!(
             text.contains("airlock_request_duration_seconds_count{model=\"m\",version=\"1\"} 4")
         );
+    }
+
+    #[test]
+    fn guard_decisions_are_counted_and_timed() {
+        let stats = ModelStats::default();
+        let ms = Duration::from_millis(1);
+        stats.record_guard("pii", Stage::Request, Outcome::Rewrite, ms);
+        stats.record_guard("pii", Stage::Request, Outcome::Rewrite, ms);
+        stats.record_guard("pii", Stage::Request, Outcome::Allow, ms);
+        stats.record_guard("range", Stage::Response, Outcome::Deny, 2 * ms);
+        let text = render([("m", "1", &stats)].into_iter());
+        let labels = "model=\"m\",version=\"1\"";
+        assert!(text.contains(&format!(
+            "airlock_guard_decisions_total{{{labels},guard=\"pii\",stage=\"request\",decision=\"rewrite\"}} 2"
+        )));
+        assert!(text.contains(&format!(
+            "airlock_guard_decisions_total{{{labels},guard=\"range\",stage=\"response\",decision=\"deny\"}} 1"
+        )));
+        assert!(text.contains(&format!(
+            "airlock_guard_duration_seconds_count{{{labels},guard=\"pii\",stage=\"request\"}} 3"
+        )));
+        assert!(text.contains(&format!(
+            "airlock_guard_duration_seconds_sum{{{labels},guard=\"range\",stage=\"response\"}} 0.002"
+        )));
     }
 }

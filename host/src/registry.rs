@@ -1,7 +1,7 @@
-//! The set of models being served.
+//! The set of models (and, in a second registry, guards) being served.
 //!
 //! The whole table sits behind one atomic pointer: a request takes a
-//! snapshot (`Arc<LoadedModel>`) and finishes on it, whatever is swapped in
+//! snapshot (`Arc<T>`) and finishes on it, whatever is swapped in
 //! meanwhile. Writers are serialised and publish a new table in one store.
 
 use std::collections::{BTreeMap, HashMap};
@@ -9,37 +9,81 @@ use std::sync::{Arc, Mutex};
 
 use arc_swap::ArcSwap;
 
+use crate::guard::LoadedGuard;
 use crate::model::LoadedModel;
 
-/// One served name: its versions and which one answers by default.
-#[derive(Debug, Clone)]
-pub struct ModelEntry {
-    /// The version that answers requests without an explicit version.
-    pub active: Arc<LoadedModel>,
-    /// Every loaded version, by version string.
-    pub versions: BTreeMap<String, Arc<LoadedModel>>,
+/// What a registry holds: something loaded under a name and a version.
+pub trait Versioned {
+    /// The name it is served under.
+    fn name(&self) -> &str;
+    /// Its version.
+    fn version(&self) -> &str;
+    /// sha256 (hex) of its bytes.
+    fn digest(&self) -> &str;
 }
 
-/// Served models by name.
-#[derive(Debug, Default)]
-pub struct Registry {
-    table: ArcSwap<HashMap<String, Arc<ModelEntry>>>,
+impl Versioned for LoadedModel {
+    fn name(&self) -> &str {
+        LoadedModel::name(self)
+    }
+    fn version(&self) -> &str {
+        LoadedModel::version(self)
+    }
+    fn digest(&self) -> &str {
+        LoadedModel::digest(self)
+    }
+}
+
+impl Versioned for LoadedGuard {
+    fn name(&self) -> &str {
+        LoadedGuard::name(self)
+    }
+    fn version(&self) -> &str {
+        LoadedGuard::version(self)
+    }
+    fn digest(&self) -> &str {
+        LoadedGuard::digest(self)
+    }
+}
+
+/// One served name: its versions and which one answers by default.
+#[derive(Debug)]
+pub struct ModelEntry<T = LoadedModel> {
+    /// The version that answers requests without an explicit version.
+    pub active: Arc<T>,
+    /// Every loaded version, by version string.
+    pub versions: BTreeMap<String, Arc<T>>,
+}
+
+/// Served models (or guards) by name.
+#[derive(Debug)]
+pub struct Registry<T = LoadedModel> {
+    table: ArcSwap<HashMap<String, Arc<ModelEntry<T>>>>,
     write: Mutex<()>,
 }
 
-impl Registry {
+impl<T> Default for Registry<T> {
+    fn default() -> Self {
+        Self {
+            table: ArcSwap::default(),
+            write: Mutex::default(),
+        }
+    }
+}
+
+impl<T: Versioned> Registry<T> {
     /// An empty registry.
     pub fn new() -> Self {
         Self::default()
     }
 
     /// The active version of `name`.
-    pub fn active(&self, name: &str) -> Option<Arc<LoadedModel>> {
+    pub fn active(&self, name: &str) -> Option<Arc<T>> {
         self.table.load().get(name).map(|e| Arc::clone(&e.active))
     }
 
     /// A specific version of `name`.
-    pub fn version(&self, name: &str, version: &str) -> Option<Arc<LoadedModel>> {
+    pub fn version(&self, name: &str, version: &str) -> Option<Arc<T>> {
         self.table
             .load()
             .get(name)
@@ -47,7 +91,7 @@ impl Registry {
     }
 
     /// The entry for `name`.
-    pub fn entry(&self, name: &str) -> Option<Arc<ModelEntry>> {
+    pub fn entry(&self, name: &str) -> Option<Arc<ModelEntry<T>>> {
         self.table.load().get(name).cloned()
     }
 
@@ -57,7 +101,7 @@ impl Registry {
     }
 
     /// All entries, sorted by name.
-    pub fn entries(&self) -> Vec<(String, Arc<ModelEntry>)> {
+    pub fn entries(&self) -> Vec<(String, Arc<ModelEntry<T>>)> {
         let table = self.table.load();
         let mut all: Vec<_> = table
             .iter()
@@ -69,10 +113,10 @@ impl Registry {
 
     /// Publishes `models` as the versions of `name`, `active` answering by
     /// default, in one atomic swap. An empty list removes the name.
-    pub fn replace(&self, name: &str, models: Vec<Arc<LoadedModel>>, active: Option<&str>) {
+    pub fn replace(&self, name: &str, models: Vec<Arc<T>>, active: Option<&str>) {
         let _guard = self.write.lock().unwrap_or_else(|p| p.into_inner());
         let mut table = HashMap::clone(&self.table.load());
-        let versions: BTreeMap<String, Arc<LoadedModel>> = models
+        let versions: BTreeMap<String, Arc<T>> = models
             .into_iter()
             .map(|m| (m.version().to_owned(), m))
             .collect();
@@ -93,7 +137,7 @@ impl Registry {
 
     /// Adds `model` as a version of its name, optionally making it the
     /// active one (it is also made active when it is the first version).
-    pub fn insert(&self, model: Arc<LoadedModel>, activate: bool) {
+    pub fn insert(&self, model: Arc<T>, activate: bool) {
         let name = model.name().to_owned();
         let (mut models, active) = match self.entry(&name) {
             Some(entry) => (

@@ -10,9 +10,11 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::Host;
 use crate::engine::{CacheOutcome, sha256_hex};
+use crate::guard::LoadedGuard;
 use crate::manifest::{Manifest, Policy};
 use crate::model::{LoadError, LoadedModel};
-use crate::store::{ModelIndex, VersionRecord};
+use crate::registry::{Registry, Versioned};
+use crate::store::{Kind, ModelIndex, VersionRecord};
 
 /// Why a repository operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -45,6 +47,8 @@ pub struct UploadReport {
     pub name: String,
     /// The version assigned (or the existing one, for identical bytes).
     pub version: String,
+    /// A model, or a guard (world `policy`).
+    pub kind: Kind,
     /// sha256 of the component.
     pub sha256: String,
     /// Whether a new version was created (false: these bytes were already
@@ -163,6 +167,7 @@ impl Host {
             return Ok(UploadReport {
                 name: name.to_owned(),
                 version,
+                kind: index.kind,
                 sha256: digest,
                 created: false,
                 active,
@@ -171,18 +176,49 @@ impl Host {
             });
         }
 
+        // A guard (world `policy`) is stored and loaded like a model, under a
+        // name of its own; models name it in their manifests' `guards`.
+        let kind = if crate::guard::is_guard_component(wasm) {
+            Kind::Guard
+        } else {
+            Kind::Model
+        };
+        if let Some(index) = &current
+            && index.kind != kind
+        {
+            return Err(RepoError::Conflict(format!(
+                "{name:?} holds {}s; this upload is a {}: give it a name of its own",
+                index.kind.as_str(),
+                kind.as_str()
+            )));
+        }
+        match (kind, manifest) {
+            (Kind::Guard, Some(manifest)) => {
+                manifest.check_for_guard().map_err(RepoError::BadRequest)?;
+            }
+            (Kind::Model, Some(manifest)) => self.check_guards_exist(manifest)?,
+            (_, None) => {}
+        }
+
         // Validate fully, outside the lock: this may compile for seconds.
         // The version number is only a label here; it is fixed under the lock.
         let had_artifact = self.cache.contains(&digest);
-        let probe = LoadedModel::load(
-            &self.runtime,
-            &self.cache,
-            name,
-            "0",
-            wasm,
-            manifest,
-            policy,
-        );
+        let probe = match kind {
+            Kind::Model => LoadedModel::load(
+                &self.runtime,
+                &self.cache,
+                name,
+                "0",
+                wasm,
+                manifest,
+                policy,
+            )
+            .map(|(model, report)| (Loaded::Model(Box::new(model)), report)),
+            Kind::Guard => {
+                LoadedGuard::load(&self.runtime, &self.cache, name, "0", wasm, policy.limits)
+                    .map(|(guard, report)| (Loaded::Guard(Box::new(guard)), report))
+            }
+        };
         let (probe, report) = match probe {
             Ok(ok) => ok,
             Err(error) => {
@@ -194,10 +230,17 @@ impl Host {
         };
 
         let _guard = self.lock();
-        let mut index = self
-            .store
-            .read_index(name)?
-            .unwrap_or_else(|| ModelIndex::new(name));
+        let mut index = self.store.read_index(name)?.unwrap_or_else(|| ModelIndex {
+            kind,
+            ..ModelIndex::new(name)
+        });
+        if index.kind != kind {
+            return Err(RepoError::Conflict(format!(
+                "{name:?} now holds {}s; this upload is a {}",
+                index.kind.as_str(),
+                kind.as_str()
+            )));
+        }
         let version = index.next_version.to_string();
         self.store.put_blob(wasm)?;
         index.next_version += 1;
@@ -209,7 +252,10 @@ impl Host {
                 .duration_since(UNIX_EPOCH)
                 .map(|d| d.as_secs())
                 .unwrap_or(0),
-            model_version: probe.metadata().version.clone(),
+            model_version: match &probe {
+                Loaded::Model(model) => model.metadata().version.clone(),
+                Loaded::Guard(_) => String::new(),
+            },
             signed_by,
             manifest: manifest.cloned(),
         });
@@ -218,12 +264,21 @@ impl Host {
             index.activate(&version);
         }
         self.store.write_index(&index)?;
-        let model = Arc::new(probe.relabel(&version));
         if index.loaded {
-            self.registry.insert(model, make_active);
+            match probe {
+                Loaded::Model(model) => {
+                    self.registry
+                        .insert(Arc::new((*model).relabel(&version)), make_active);
+                }
+                Loaded::Guard(guard) => {
+                    self.guards
+                        .insert(Arc::new((*guard).relabel(&version)), make_active);
+                }
+            }
         }
         tracing::info!(
             model = name,
+            kind = kind.as_str(),
             version = %version,
             sha256 = %digest,
             active = make_active,
@@ -234,6 +289,7 @@ impl Host {
         Ok(UploadReport {
             name: name.to_owned(),
             version,
+            kind,
             sha256: digest,
             created: true,
             active: make_active,
@@ -307,7 +363,7 @@ impl Host {
         let mut index = self.existing_index(name)?;
         index.loaded = false;
         self.store.write_index(&index)?;
-        self.registry.replace(name, Vec::new(), None);
+        self.unpublish(name);
         Ok(())
     }
 
@@ -326,7 +382,10 @@ impl Host {
         let mut all = Vec::new();
         for name in self.store.list()? {
             if let Some(index) = self.store.read_index(&name)? {
-                let serving = self.registry.entry(&name).is_some();
+                let serving = match index.kind {
+                    Kind::Model => self.registry.entry(&name).is_some(),
+                    Kind::Guard => self.guards.entry(&name).is_some(),
+                };
                 all.push(ModelStatus { index, serving });
             }
         }
@@ -359,6 +418,7 @@ impl Host {
             max_concurrency: None,
             api_keys: Vec::new(),
             require_signatures: self.config.require_signatures,
+            guards: Default::default(),
         }
     }
 
@@ -393,49 +453,141 @@ impl Host {
             .ok_or_else(|| RepoError::NotFound(format!("unknown model {name:?}")))
     }
 
+    /// Refuses a model manifest naming a guard (or a pinned guard version)
+    /// that the store does not hold. Read from the store, not this host's
+    /// registry: on Lambda another instance may have taken the guard's
+    /// upload a moment ago.
+    fn check_guards_exist(&self, manifest: &Manifest) -> Result<(), RepoError> {
+        for (stage, chain) in [
+            ("request", &manifest.guards.request),
+            ("response", &manifest.guards.response),
+        ] {
+            for (i, step) in chain.iter().enumerate() {
+                let field = format!("manifest field `guards.{stage}[{i}]`");
+                let index = self.store.read_index(&step.name)?;
+                match index {
+                    Some(index) if index.kind == Kind::Guard => {
+                        if let Some(version) = &step.version
+                            && index.version(version).is_none()
+                        {
+                            return Err(RepoError::BadRequest(format!(
+                                "{field}: guard {:?} has no version {version:?}",
+                                step.name
+                            )));
+                        }
+                    }
+                    Some(_) => {
+                        return Err(RepoError::BadRequest(format!(
+                            "{field}: {:?} is a model, not a guard",
+                            step.name
+                        )));
+                    }
+                    None => {
+                        return Err(RepoError::BadRequest(format!(
+                            "{field}: no guard named {:?} has been uploaded",
+                            step.name
+                        )));
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Stops serving `name`, model or guard.
+    pub(crate) fn unpublish(&self, name: &str) {
+        self.registry.replace(name, Vec::new(), None);
+        self.guards.replace(name, Vec::new(), None);
+    }
+
     /// Makes the registry match `index`: every version loaded (reusing the
     /// ones already in memory), the active one answering by default.
     pub(crate) fn publish(&self, index: &ModelIndex) -> Result<(), RepoError> {
         if !index.loaded {
-            self.registry.replace(&index.name, Vec::new(), None);
+            self.unpublish(&index.name);
             return Ok(());
         }
-        let current = self.registry.entry(&index.name);
-        let mut models = Vec::with_capacity(index.versions.len());
-        for record in &index.versions {
-            let loaded = current
-                .as_ref()
-                .and_then(|e| e.versions.get(&record.version))
-                .filter(|m| m.digest() == record.sha256)
-                .cloned();
-            let model = match loaded {
-                Some(model) => model,
-                None => {
-                    let wasm = self.store.get_blob(&record.sha256)?;
+        match index.kind {
+            Kind::Model => publish_into(
+                &self.registry,
+                index,
+                |record, wasm| {
                     let policy = self.policy_for(record.manifest.as_ref())?;
-                    let (model, _) = LoadedModel::load(
+                    LoadedModel::load(
                         &self.runtime,
                         &self.cache,
                         &index.name,
                         &record.version,
-                        &wasm,
+                        wasm,
                         record.manifest.as_ref(),
                         policy,
                     )
-                    .map_err(|e| {
-                        RepoError::Storage(anyhow::anyhow!(
-                            "stored version {} of {:?} no longer loads: {e}",
-                            record.version,
-                            index.name
-                        ))
-                    })?;
-                    Arc::new(model)
-                }
-            };
-            models.push(model);
+                    .map(|(model, _)| model)
+                    .map_err(RepoError::from)
+                },
+                &*self.store,
+            ),
+            Kind::Guard => publish_into(
+                &self.guards,
+                index,
+                |record, wasm| {
+                    let policy = self.policy_for(record.manifest.as_ref())?;
+                    LoadedGuard::load(
+                        &self.runtime,
+                        &self.cache,
+                        &index.name,
+                        &record.version,
+                        wasm,
+                        policy.limits,
+                    )
+                    .map(|(guard, _)| guard)
+                    .map_err(RepoError::from)
+                },
+                &*self.store,
+            ),
         }
-        self.registry
-            .replace(&index.name, models, index.active.as_deref());
-        Ok(())
     }
+}
+
+/// What an upload turned out to be, loaded.
+enum Loaded {
+    Model(Box<LoadedModel>),
+    Guard(Box<LoadedGuard>),
+}
+
+/// Makes `registry` match `index`: every version loaded with `load`
+/// (reusing the ones already in memory with the same digest), the active
+/// one answering by default.
+fn publish_into<T: Versioned>(
+    registry: &Registry<T>,
+    index: &ModelIndex,
+    load: impl Fn(&VersionRecord, &[u8]) -> Result<T, RepoError>,
+    store: &dyn crate::store::Store,
+) -> Result<(), RepoError> {
+    let current = registry.entry(&index.name);
+    let mut loaded = Vec::with_capacity(index.versions.len());
+    for record in &index.versions {
+        let reused = current
+            .as_ref()
+            .and_then(|e| e.versions.get(&record.version))
+            .filter(|m| m.digest() == record.sha256)
+            .cloned();
+        let item = match reused {
+            Some(item) => item,
+            None => {
+                let wasm = store.get_blob(&record.sha256)?;
+                let item = load(record, &wasm).map_err(|e| {
+                    RepoError::Storage(anyhow::anyhow!(
+                        "stored version {} of {:?} no longer loads: {e}",
+                        record.version,
+                        index.name
+                    ))
+                })?;
+                Arc::new(item)
+            }
+        };
+        loaded.push(item);
+    }
+    registry.replace(&index.name, loaded, index.active.as_deref());
+    Ok(())
 }

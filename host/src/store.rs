@@ -35,6 +35,35 @@ pub struct ModelIndex {
     pub loaded: bool,
     /// The number the next upload gets as its version.
     pub next_version: u64,
+    /// What the name holds: models, or guards run on other models' requests.
+    /// A name holds one kind only.
+    #[serde(default, skip_serializing_if = "Kind::is_model")]
+    pub kind: Kind,
+}
+
+/// What a stored name holds.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Kind {
+    /// Models (world `model`, or WASI preview 1 commands), served for inference.
+    #[default]
+    Model,
+    /// Guards (world `policy`), run by the host on models' requests and responses.
+    Guard,
+}
+
+impl Kind {
+    fn is_model(&self) -> bool {
+        *self == Kind::Model
+    }
+
+    /// `"model"` or `"guard"`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::Model => "model",
+            Kind::Guard => "guard",
+        }
+    }
 }
 
 /// One stored version.
@@ -70,6 +99,7 @@ impl ModelIndex {
             history: Vec::new(),
             loaded: true,
             next_version: 1,
+            kind: Kind::Model,
         }
     }
 

@@ -52,7 +52,7 @@ impl Host {
             match self.store.read_index_if_changed(name, known.as_deref())? {
                 IndexRead::Unchanged => {}
                 IndexRead::Missing => {
-                    self.registry.replace(name, Vec::new(), None);
+                    self.unpublish(name);
                     self.forget(name);
                 }
                 IndexRead::Changed { index, tag } => {
@@ -101,7 +101,7 @@ impl Host {
         };
         for name in gone {
             let _guard = self.lock();
-            self.registry.replace(&name, Vec::new(), None);
+            self.unpublish(&name);
             report.removed.push(name);
         }
         Ok(report)

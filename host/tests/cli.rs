@@ -235,7 +235,7 @@ fn push_models_activate_and_rollback_from_the_command_line() {
         "--activate",
     ]);
     assert!(ok, "{text}");
-    assert!(text.contains("uploaded version 2 (active)"), "{text}");
+    assert!(text.contains("uploaded model version 2 (active)"), "{text}");
     let (ok, text) = cli(&["models"]);
     assert!(ok, "{text}");
     let rows: Vec<&str> = text.lines().filter(|l| l.starts_with("digits")).collect();

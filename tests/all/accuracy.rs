@@ -157,6 +157,7 @@ fn langid_refuses_bytes_that_are_not_utf8() {
         max_concurrency: None,
         api_keys: Vec::new(),
         require_signatures: false,
+        guards: Default::default(),
     };
     let (model, _) =
         airlock::LoadedModel::load(runtime, cache, "langid", "1", &wasm, None, policy).unwrap();

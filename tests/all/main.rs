@@ -3,6 +3,7 @@
 
 mod accuracy;
 mod cache;
+mod chains;
 mod commands;
 mod compile;
 mod errors;

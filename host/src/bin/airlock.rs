@@ -282,7 +282,8 @@ fn push(
     };
     if body["created"] == true {
         println!(
-            "{name}: uploaded version {version} ({state}), sha256 {}",
+            "{name}: uploaded {} version {version} ({state}), sha256 {}",
+            body["kind"].as_str().unwrap_or("model"),
             body["sha256"].as_str().unwrap_or("?")
         );
     } else {
@@ -333,13 +334,14 @@ fn sign(file: &std::path::Path, key: &std::path::Path) -> anyhow::Result<()> {
 fn models(remote: Remote) -> anyhow::Result<()> {
     let rows = remote.client()?.models()?;
     println!(
-        "{:<24} {:>8} {:>7} {:<12} SHA256",
-        "NAME", "VERSION", "ACTIVE", "STATE"
+        "{:<24} {:<6} {:>8} {:>7} {:<12} SHA256",
+        "NAME", "KIND", "VERSION", "ACTIVE", "STATE"
     );
     for row in rows.as_array().into_iter().flatten() {
         println!(
-            "{:<24} {:>8} {:>7} {:<12} {}",
+            "{:<24} {:<6} {:>8} {:>7} {:<12} {}",
             row["name"].as_str().unwrap_or("?"),
+            row["kind"].as_str().unwrap_or("model"),
             row["version"].as_str().unwrap_or("?"),
             if row["active"] == true { "*" } else { "" },
             row["state"].as_str().unwrap_or("?"),

@@ -278,7 +278,7 @@ fn bootstrap_under_the_lambda_emulator_picks_up_uploads_from_s3() {
     // v1 through function A, the presigned way (PUT straight to S3).
     let digits = Path::new(airlock_artifacts::DIGITS);
     let out = push(&a.url, digits, "digits", "presigned");
-    assert!(out.contains("uploaded version 1"), "{out}");
+    assert!(out.contains("uploaded model version 1"), "{out}");
     let v1 = airlock::engine::sha256_hex(&std::fs::read(digits).unwrap());
     let body = infer(&a.url);
     assert_eq!(body["model_version"], "1");
@@ -307,7 +307,7 @@ fn bootstrap_under_the_lambda_emulator_picks_up_uploads_from_s3() {
     let v2_file = dir.path().join("digits-v2.wasm");
     std::fs::write(&v2_file, digits_v2()).unwrap();
     let out = push(&b.url, &v2_file, "digits", "direct");
-    assert!(out.contains("uploaded version 2"), "{out}");
+    assert!(out.contains("uploaded model version 2"), "{out}");
     let v2 = airlock::engine::sha256_hex(&digits_v2());
 
     // Function A, still running, answers with v2 once its refresh interval

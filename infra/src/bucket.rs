@@ -1,5 +1,12 @@
 //! The model bucket: default encryption, versioning, every public access
-//! blocked, a policy that refuses requests without TLS 1.2+, tags.
+//! blocked, a policy that refuses requests without TLS 1.2+, lifecycle
+//! rules, tags.
+//!
+//! The lifecycle rules bound what the store leaves behind: presigned
+//! uploads that were never finalised (`<prefix>/staging/`) expire after a
+//! day, and the old versions that versioning keeps of every overwritten
+//! object (each upload rewrites a model's `index.json`) after
+//! [`NONCURRENT_DAYS`] days, long enough to recover from a bad write.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -7,7 +14,9 @@ use std::time::Duration;
 use anyhow::Context as _;
 use aws_sdk_s3::client::Waiters as _;
 use aws_sdk_s3::types::{
-    BucketLocationConstraint, BucketVersioningStatus, CreateBucketConfiguration, Delete,
+    AbortIncompleteMultipartUpload, BucketLifecycleConfiguration, BucketLocationConstraint,
+    BucketVersioningStatus, CreateBucketConfiguration, Delete, ExpirationStatus,
+    LifecycleExpiration, LifecycleRule, LifecycleRuleFilter, NoncurrentVersionExpiration,
     ObjectIdentifier, ObjectOwnership, PublicAccessBlockConfiguration, ServerSideEncryption,
     ServerSideEncryptionByDefault, ServerSideEncryptionConfiguration, ServerSideEncryptionRule,
     Tag, Tagging, VersioningConfiguration,
@@ -17,6 +26,15 @@ use crate::aws::{Aws, AwsResultExt as _, WaitResultExt as _, failed, found, has_
 use crate::names::{Names, STORE_PREFIX};
 use crate::policy;
 use crate::report::Change;
+
+/// Days after which a presigned upload that was never finalised expires.
+pub const STAGING_DAYS: i32 = 1;
+/// Days an object version is kept once a newer one replaced it.
+pub const NONCURRENT_DAYS: i32 = 30;
+/// The ID of the lifecycle rule for staging uploads.
+pub const STAGING_RULE: &str = "airlock-expire-staging";
+/// The ID of the lifecycle rule for noncurrent versions.
+pub const NONCURRENT_RULE: &str = "airlock-expire-noncurrent";
 
 /// Creates the bucket or brings its settings in line.
 pub(crate) async fn ensure(aws: &Aws, names: &Names, dry_run: bool) -> anyhow::Result<Change> {
@@ -99,6 +117,23 @@ pub(crate) async fn ensure(aws: &Aws, names: &Names, dry_run: bool) -> anyhow::R
         drift.push(Setting::Policy);
     }
 
+    let lifecycle = found(
+        aws.s3
+            .get_bucket_lifecycle_configuration()
+            .bucket(bucket)
+            .send()
+            .await,
+        &["NoSuchLifecycleConfiguration"],
+    )
+    .aws(|| failed("get the lifecycle rules of bucket", bucket))?;
+    let current: Vec<LifecycleRule> = lifecycle.map(|l| l.rules().to_vec()).unwrap_or_default();
+    if !lifecycle_rules()
+        .iter()
+        .all(|rule| current.iter().any(|r| same_rule(r, rule)))
+    {
+        drift.push(Setting::Lifecycle(current));
+    }
+
     let tags = current_tags(aws, bucket).await?;
     if names.tags().iter().any(|(k, v)| tags.get(k) != Some(v)) {
         drift.push(Setting::Tags(tags));
@@ -168,6 +203,8 @@ enum Setting {
     Versioning,
     PublicAccessBlock,
     Policy,
+    /// With the rules it has now (kept, except ours, which are replaced).
+    Lifecycle(Vec<LifecycleRule>),
     /// With the tags it has now (kept: ours are added, none removed).
     Tags(BTreeMap<String, String>),
 }
@@ -179,6 +216,7 @@ impl Setting {
             Self::Versioning => "versioning",
             Self::PublicAccessBlock => "public access block",
             Self::Policy => "TLS-only policy",
+            Self::Lifecycle(_) => "lifecycle rules",
             Self::Tags(_) => "tags",
         }
     }
@@ -190,8 +228,59 @@ fn all_settings() -> Vec<Setting> {
         Setting::Encryption,
         Setting::Versioning,
         Setting::Policy,
+        Setting::Lifecycle(Vec::new()),
         Setting::Tags(BTreeMap::new()),
     ]
+}
+
+/// Whether two lifecycle rules say the same, on the fields ours set (S3
+/// may echo a rule back with other fields defaulted).
+pub fn same_rule(a: &LifecycleRule, b: &LifecycleRule) -> bool {
+    let prefix = |r: &LifecycleRule| r.filter().and_then(|f| f.prefix()).unwrap_or("").to_owned();
+    a.id() == b.id()
+        && a.status() == b.status()
+        && prefix(a) == prefix(b)
+        && a.expiration().and_then(|e| e.days()) == b.expiration().and_then(|e| e.days())
+        && a.noncurrent_version_expiration()
+            .and_then(|e| e.noncurrent_days())
+            == b.noncurrent_version_expiration()
+                .and_then(|e| e.noncurrent_days())
+        && a.abort_incomplete_multipart_upload()
+            .and_then(|e| e.days_after_initiation())
+            == b.abort_incomplete_multipart_upload()
+                .and_then(|e| e.days_after_initiation())
+}
+
+/// Airlock's lifecycle rules (see the module documentation).
+pub fn lifecycle_rules() -> Vec<LifecycleRule> {
+    let staging = LifecycleRule::builder()
+        .id(STAGING_RULE)
+        .status(ExpirationStatus::Enabled)
+        .filter(
+            LifecycleRuleFilter::builder()
+                .prefix(format!("{STORE_PREFIX}/staging/"))
+                .build(),
+        )
+        .expiration(LifecycleExpiration::builder().days(STAGING_DAYS).build())
+        .abort_incomplete_multipart_upload(
+            AbortIncompleteMultipartUpload::builder()
+                .days_after_initiation(STAGING_DAYS)
+                .build(),
+        )
+        .build()
+        .expect("the rule has its status");
+    let noncurrent = LifecycleRule::builder()
+        .id(NONCURRENT_RULE)
+        .status(ExpirationStatus::Enabled)
+        .filter(LifecycleRuleFilter::builder().prefix("").build())
+        .noncurrent_version_expiration(
+            NoncurrentVersionExpiration::builder()
+                .noncurrent_days(NONCURRENT_DAYS)
+                .build(),
+        )
+        .build()
+        .expect("the rule has its status");
+    vec![staging, noncurrent]
 }
 
 async fn configure(aws: &Aws, names: &Names, settings: &[Setting]) -> anyhow::Result<()> {
@@ -255,6 +344,27 @@ async fn configure(aws: &Aws, names: &Names, settings: &[Setting]) -> anyhow::Re
                     .send()
                     .await
                     .aws(|| failed("put the policy of bucket", bucket))?;
+            }
+            Setting::Lifecycle(existing) => {
+                let ours = lifecycle_rules();
+                let ids: Vec<_> = ours.iter().map(|r| r.id()).collect();
+                let mut rules: Vec<LifecycleRule> = existing
+                    .iter()
+                    .filter(|r| !ids.contains(&r.id()))
+                    .cloned()
+                    .collect();
+                rules.extend(ours);
+                aws.s3
+                    .put_bucket_lifecycle_configuration()
+                    .bucket(bucket)
+                    .lifecycle_configuration(
+                        BucketLifecycleConfiguration::builder()
+                            .set_rules(Some(rules))
+                            .build()?,
+                    )
+                    .send()
+                    .await
+                    .aws(|| failed("set the lifecycle rules of bucket", bucket))?;
             }
             Setting::Tags(existing) => {
                 let mut tags = existing.clone();

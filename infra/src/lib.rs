@@ -44,7 +44,7 @@ mod role;
 
 pub use api::{ACCESS_LOG_FORMAT, ADMIN_ROUTES, PUBLIC_ROUTES};
 pub use aws::{Aws, Connect};
-pub use bucket::ModelStatus;
+pub use bucket::{ModelStatus, lifecycle_rules, same_rule};
 pub use domain::{ActiveDomain, DomainPlan, DomainSpec};
 pub use function::statement_source_arn;
 pub use logs::RETENTION_DAYS;

@@ -243,6 +243,29 @@ async fn check_bucket(aws: &Aws) {
         .await
         .unwrap();
     let block = block.public_access_block_configuration().unwrap();
+    let lifecycle = aws
+        .s3
+        .get_bucket_lifecycle_configuration()
+        .bucket(BUCKET)
+        .send()
+        .await
+        .unwrap();
+    let rules = lifecycle.rules();
+    for ours in airlock_infra::lifecycle_rules() {
+        assert!(
+            rules.iter().any(|r| airlock_infra::same_rule(r, &ours)),
+            "{ours:?} missing from {rules:?}"
+        );
+    }
+    let staging = rules
+        .iter()
+        .find(|r| r.id() == Some("airlock-expire-staging"))
+        .unwrap();
+    assert_eq!(
+        staging.filter().and_then(|f| f.prefix()),
+        Some("models/staging/")
+    );
+    assert_eq!(staging.expiration().and_then(|e| e.days()), Some(1));
     assert_eq!(
         [
             block.block_public_acls(),
@@ -913,11 +936,20 @@ async fn a_deploy_that_fails_midway_converges_when_run_again() {
         .send()
         .await
         .unwrap();
+    aws.s3
+        .delete_bucket_lifecycle()
+        .bucket(BUCKET)
+        .send()
+        .await
+        .unwrap();
     let repaired = deploy(&aws, &options(&zip)).await.unwrap();
     assert_eq!(
         kinds_changed(&repaired.report),
         [
-            ("bucket", Change::Updated(vec!["TLS-only policy".into()])),
+            (
+                "bucket",
+                Change::Updated(vec!["TLS-only policy".into(), "lifecycle rules".into()])
+            ),
             (
                 "routes",
                 Change::Updated(vec!["+POST /v2/models/{name}/infer".into()])

@@ -227,6 +227,8 @@ fn actions(client: &str, operation: &str) -> Result<Vec<String>, String> {
             "put_bucket_policy" => list(&["s3:PutBucketPolicy"]),
             "delete_bucket_policy" => list(&["s3:DeleteBucketPolicy"]),
             "get_bucket_tagging" => list(&["s3:GetBucketTagging"]),
+            "get_bucket_lifecycle_configuration" => list(&["s3:GetLifecycleConfiguration"]),
+            "put_bucket_lifecycle_configuration" => list(&["s3:PutLifecycleConfiguration"]),
             "put_bucket_tagging" => list(&["s3:PutBucketTagging"]),
             "list_object_versions" => list(&["s3:ListBucketVersions"]),
             "delete_objects" => list(&["s3:DeleteObject", "s3:DeleteObjectVersion"]),

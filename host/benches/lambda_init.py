@@ -17,6 +17,10 @@ Not a test: a measurement, run by hand after `tests/run` (which builds the
 binaries and installs the emulators into target/test-venv):
 
     target/test-venv/bin/python host/benches/lambda_init.py [--runs 5]
+        [--models digits] [--cases local] [--phases]
+
+`--phases` also prints, per run, the function's own account of its init
+(engine set-up, model loading, total) from its JSON log.
 """
 
 import argparse
@@ -100,8 +104,9 @@ def request(url, body=None, method="GET", timeout=600):
         return r.status, r.read()
 
 
-def first_response_ms(port, env, path, body):
-    """Starts the function with the request already queued; exec -> response."""
+def first_response_ms(port, env, path, body, phases=False):
+    """Starts the function with the request already queued; exec -> response.
+    With `phases`, also returns the init figures the function logged."""
     result = {}
 
     def ask():
@@ -113,13 +118,27 @@ def first_response_ms(port, env, path, body):
     asker.start()
     time.sleep(0.3)  # the request is queued in the emulator
     started = time.perf_counter()
+    if phases:
+        env = dict(env, AWS_LAMBDA_LOG_LEVEL="INFO")
     proc = subprocess.Popen([BOOTSTRAP], env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
+                            stderr=subprocess.PIPE if phases else subprocess.DEVNULL)
     asker.join()
     proc.kill()
-    proc.wait()
+    _, err = proc.communicate()
     assert result["status"] == 200, result
-    return (result["at"] - started) * 1e3
+    elapsed = (result["at"] - started) * 1e3
+    if not phases:
+        return elapsed
+    figures = {}
+    for line in (err or b"").decode(errors="replace").splitlines():
+        try:
+            fields = json.loads(line).get("fields", {})
+        except ValueError:
+            continue
+        for key in ("engine_ms", "models_ms", "init_ms"):
+            if key in fields:
+                figures[key] = fields[key]
+    return elapsed, figures
 
 
 def s3(moto, method, key=""):
@@ -140,7 +159,12 @@ def delete_artifacts(moto, prefix):
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--models", default="digits,digits-onnx")
+    parser.add_argument("--cases", default="local,s3,absent")
+    parser.add_argument("--phases", action="store_true")
     args = parser.parse_args()
+    models = args.models.split(",")
+    cases = args.cases.split(",")
 
     moto_port = free_port()
     moto_proc = subprocess.Popen([tool("moto_server"), "-H", "127.0.0.1", "-p", str(moto_port)],
@@ -154,6 +178,8 @@ def main():
         request_body = {"inputs": [{"name": "input", "shape": [1, 64], "datatype": "FP32",
                                     "data": [0.0] * 64}]}
         for name, file in [("digits", "digits.wasm"), ("digits-onnx", "digits_onnx.wasm")]:
+            if name not in models:
+                continue
             prefix = name
             tmp = tempfile.mkdtemp()
             env = function_env(port, moto, prefix, tmp)
@@ -166,7 +192,7 @@ def main():
             proc.kill()
             proc.wait()
             path = f"/v2/models/{name}/infer"
-            for case in ["local", "s3", "absent"]:
+            for case in cases:
                 times = []
                 for _ in range(args.runs):
                     if case != "local":
@@ -174,7 +200,13 @@ def main():
                         os.makedirs(tmp)
                     if case == "absent":
                         delete_artifacts(moto, prefix)
-                    times.append(first_response_ms(port, env, path, request_body))
+                    if args.phases:
+                        elapsed, figures = first_response_ms(port, env, path, request_body, True)
+                        print(f"  {name} {case}: first response {elapsed:.1f} ms; " +
+                              ", ".join(f"{k} {v:.1f}" for k, v in figures.items()), flush=True)
+                        times.append(elapsed)
+                    else:
+                        times.append(first_response_ms(port, env, path, request_body))
                 rows.append((name, case, statistics.median(times), min(times), max(times)))
                 print(f"{name:12} {case:7} median {rows[-1][2]:8.1f} ms  "
                       f"min {rows[-1][3]:8.1f}  max {rows[-1][4]:8.1f}  ({args.runs} runs)",

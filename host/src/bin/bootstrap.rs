@@ -93,7 +93,10 @@ async fn run(config: Config, started: Instant) -> anyhow::Result<()> {
     );
 
     let host = tokio::task::spawn_blocking(move || -> anyhow::Result<airlock::Host> {
+        let phase = Instant::now();
         let host = airlock::Host::new(host_config)?;
+        let engine_ms = phase.elapsed().as_secs_f64() * 1e3;
+        let phase = Instant::now();
         let report = host
             .refresh()
             .with_context(|| format!("failed to load models from {}", host.store().location()))?;
@@ -101,6 +104,8 @@ async fn run(config: Config, started: Instant) -> anyhow::Result<()> {
             store = %host.store().location(),
             models = ?report.updated,
             failed = ?report.failed,
+            engine_ms,
+            models_ms = phase.elapsed().as_secs_f64() * 1e3,
             "models loaded"
         );
         Ok(host)

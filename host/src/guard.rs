@@ -304,6 +304,13 @@ pub enum ChainStop {
     },
 }
 
+/// A request or response decision, whichever the stage.
+enum Verdict<T> {
+    Allow,
+    Deny(String),
+    Rewrite(T),
+}
+
 /// Runs a model's guard chains (its policy's `guards.request` and
 /// `guards.response`, in order), resolving each guard in `guards` at call
 /// time, so a new active guard version protects every model at once; each
@@ -325,38 +332,15 @@ impl<'a> Chains<'a> {
     }
 
     /// Runs the request guards; returns the request the model is to see.
-    pub fn check_request(&self, mut request: InferRequest) -> Result<InferRequest, ChainStop> {
-        for step in &self.model.policy().guards.request {
-            let guard = self.resolve(step, Stage::Request)?;
-            let started = Instant::now();
-            let result = guard.check_request(&step.config_text(), &request);
-            let outcome = match &result {
-                Ok(RequestDecision::Allow) => Outcome::Allow,
-                Ok(RequestDecision::Deny(_)) => Outcome::Deny,
-                Ok(RequestDecision::Rewrite(_)) => Outcome::Rewrite,
-                Err(_) => Outcome::Error,
-            };
-            self.record(&guard, Stage::Request, outcome, started);
-            match result {
-                Ok(RequestDecision::Allow) => {}
-                Ok(RequestDecision::Rewrite(rewritten)) => request = rewritten,
-                Ok(RequestDecision::Deny(reason)) => {
-                    return Err(ChainStop::Denied {
-                        guard: step.name.clone(),
-                        stage: Stage::Request,
-                        reason,
-                    });
-                }
-                Err(error) => {
-                    return Err(ChainStop::Failed {
-                        guard: step.name.clone(),
-                        stage: Stage::Request,
-                        error,
-                    });
-                }
-            }
-        }
-        Ok(request)
+    pub fn check_request(&self, request: InferRequest) -> Result<InferRequest, ChainStop> {
+        let chain = &self.model.policy().guards.request;
+        self.run(chain, Stage::Request, request, |guard, config, request| {
+            Ok(match guard.check_request(config, request)? {
+                RequestDecision::Allow => Verdict::Allow,
+                RequestDecision::Deny(reason) => Verdict::Deny(reason),
+                RequestDecision::Rewrite(rewritten) => Verdict::Rewrite(rewritten),
+            })
+        })
     }
 
     /// Runs the response guards on the model's answer to `request`; returns
@@ -364,39 +348,64 @@ impl<'a> Chains<'a> {
     pub fn check_response(
         &self,
         request: &InferRequest,
-        mut response: InferResponse,
+        response: InferResponse,
     ) -> Result<InferResponse, ChainStop> {
-        for step in &self.model.policy().guards.response {
-            let guard = self.resolve(step, Stage::Response)?;
+        let chain = &self.model.policy().guards.response;
+        self.run(
+            chain,
+            Stage::Response,
+            response,
+            |guard, config, response| {
+                Ok(match guard.check_response(config, request, response)? {
+                    ResponseDecision::Allow => Verdict::Allow,
+                    ResponseDecision::Deny(reason) => Verdict::Deny(reason),
+                    ResponseDecision::Rewrite(rewritten) => Verdict::Rewrite(rewritten),
+                })
+            },
+        )
+    }
+
+    /// Passes `value` through the guards of `chain` in order, each call
+    /// recorded; the first denial or failure stops it.
+    fn run<T>(
+        &self,
+        chain: &[GuardRef],
+        stage: Stage,
+        mut value: T,
+        check: impl Fn(&LoadedGuard, &str, &T) -> Result<Verdict<T>, GuardError>,
+    ) -> Result<T, ChainStop> {
+        for step in chain {
+            let guard = self.resolve(step, stage)?;
             let started = Instant::now();
-            let result = guard.check_response(&step.config_text(), request, &response);
-            let outcome = match &result {
-                Ok(ResponseDecision::Allow) => Outcome::Allow,
-                Ok(ResponseDecision::Deny(_)) => Outcome::Deny,
-                Ok(ResponseDecision::Rewrite(_)) => Outcome::Rewrite,
+            let verdict = check(&guard, &step.config_text(), &value);
+            let outcome = match &verdict {
+                Ok(Verdict::Allow) => Outcome::Allow,
+                Ok(Verdict::Deny(_)) => Outcome::Deny,
+                Ok(Verdict::Rewrite(_)) => Outcome::Rewrite,
                 Err(_) => Outcome::Error,
             };
-            self.record(&guard, Stage::Response, outcome, started);
-            match result {
-                Ok(ResponseDecision::Allow) => {}
-                Ok(ResponseDecision::Rewrite(rewritten)) => response = rewritten,
-                Ok(ResponseDecision::Deny(reason)) => {
+            self.record(&guard, stage, outcome, started);
+            let guard = step.name.clone();
+            match verdict {
+                Ok(Verdict::Allow) => {}
+                Ok(Verdict::Rewrite(rewritten)) => value = rewritten,
+                Ok(Verdict::Deny(reason)) => {
                     return Err(ChainStop::Denied {
-                        guard: step.name.clone(),
-                        stage: Stage::Response,
+                        guard,
+                        stage,
                         reason,
                     });
                 }
                 Err(error) => {
                     return Err(ChainStop::Failed {
-                        guard: step.name.clone(),
-                        stage: Stage::Response,
+                        guard,
+                        stage,
                         error,
                     });
                 }
             }
         }
-        Ok(response)
+        Ok(value)
     }
 
     fn resolve(

@@ -560,16 +560,17 @@ async fn run_infer(
     drop(body);
     let (request, response) = {
         let model = Arc::clone(&model);
-        let host = state.host.clone();
-        run_blocking(move || {
-            let chains = Chains::new(host.guards(), host.decisions(), &model);
+        let guards = Arc::clone(state.host.guards());
+        let decisions = Arc::clone(state.host.decisions());
+        let work = move || {
+            let chains = Chains::new(&guards, &decisions, &model);
             let request = chains.check_request(request)?;
             let response = model_response(&model, model.infer(&request))?;
             let response = chains.check_response(&request, response)?;
             drop(admission);
             Ok::<_, ApiError>((request, response))
-        })
-        .await??
+        };
+        run_blocking(work).await??
     };
     let outputs = oip::check_response(response, model.metadata(), &request.outputs, &limits)
         .map_err(|error| match error {

@@ -10,6 +10,11 @@
 //! [`CompileBudget::workers`] compile at once. A compilation that blows its
 //! budget, or crashes the compiler, costs the child, never the server.
 //!
+//! A component that exports `wizer-initialize` is pre-initialised in the
+//! same place, before it is compiled (see [`crate::preinit`]): that runs
+//! its guest code, so the worker's budget bounds it too, and the model's
+//! memory cap bounds its linear memory.
+//!
 //! What it does not defend against: a compiler bug that turns hostile input
 //! into hostile machine code. The worker's output is deserialized and run by
 //! the server (in the sandbox), exactly as an in-process compile's would be.
@@ -30,6 +35,9 @@ pub const WORKER_ARG: &str = "__airlock-compile-worker";
 
 /// Exit status of a worker whose input failed to compile.
 const EXIT_INVALID: i32 = 2;
+
+/// Exit status of a worker whose input's `wizer-initialize` failed.
+const EXIT_INIT: i32 = 3;
 
 /// Most bytes of a worker's stderr kept for the error message.
 const MAX_STDERR: u64 = 16 << 10;
@@ -85,6 +93,9 @@ pub enum CompileError {
     /// The bytes do not compile (invalid wasm, unsupported feature).
     #[error("{0}")]
     Invalid(String),
+    /// The component's `wizer-initialize` trapped, or the snapshot failed.
+    #[error("{0}")]
+    Init(String),
     /// The worker ran past its time budget and was killed.
     #[error("compilation exceeded its time budget of {0:?}")]
     Time(Duration),
@@ -140,29 +151,44 @@ impl Compiler {
     }
 
     /// Compiles `wasm` to a serialized artifact for an engine built from
-    /// `config` (see [`crate::engine::wasm_config`]).
+    /// `config` (see [`crate::engine::wasm_config`]). A component that
+    /// exports `wizer-initialize` is first pre-initialised, its linear
+    /// memory capped at `init_memory_bytes` (the model's cap), and the
+    /// snapshot is what gets compiled.
     pub fn precompile(
         &self,
         engine: &Engine,
         config: &EngineConfig,
         kind: ArtifactKind,
         wasm: &[u8],
+        init_memory_bytes: usize,
     ) -> Result<Vec<u8>, CompileError> {
         match self {
-            Self::InProcess => precompile_with(engine, kind, wasm)
-                .map_err(|e| CompileError::Invalid(format!("{e:#}"))),
+            Self::InProcess => precompile_with(engine, kind, wasm, init_memory_bytes),
             Self::Worker { exe, budget, slots } => {
                 let _slot = slots.acquire();
-                run_worker(exe, budget, config, kind, wasm)
+                run_worker(exe, budget, config, kind, wasm, init_memory_bytes)
             }
         }
     }
 }
 
-fn precompile_with(engine: &Engine, kind: ArtifactKind, wasm: &[u8]) -> wasmtime::Result<Vec<u8>> {
+/// Pre-initialises (when asked for) and compiles, on the calling thread.
+fn precompile_with(
+    engine: &Engine,
+    kind: ArtifactKind,
+    wasm: &[u8],
+    init_memory_bytes: usize,
+) -> Result<Vec<u8>, CompileError> {
+    let invalid = |e: wasmtime::Error| CompileError::Invalid(format!("{e:#}"));
     match kind {
-        ArtifactKind::Component => engine.precompile_component(wasm),
-        ArtifactKind::Module => engine.precompile_module(wasm),
+        ArtifactKind::Component if crate::preinit::exports_init(wasm) => {
+            let snapshot = crate::preinit::snapshot(engine, wasm, init_memory_bytes)
+                .map_err(|e| CompileError::Init(e.0))?;
+            engine.precompile_component(&snapshot).map_err(invalid)
+        }
+        ArtifactKind::Component => engine.precompile_component(wasm).map_err(invalid),
+        ArtifactKind::Module => engine.precompile_module(wasm).map_err(invalid),
     }
 }
 
@@ -172,6 +198,7 @@ fn run_worker(
     config: &EngineConfig,
     kind: ArtifactKind,
     wasm: &[u8],
+    init_memory_bytes: usize,
 ) -> Result<Vec<u8>, CompileError> {
     let started = Instant::now();
     let mut command = Command::new(exe);
@@ -181,6 +208,7 @@ fn run_worker(
         .arg(config.max_memory_bytes.to_string())
         .arg(config.max_instances.to_string())
         .arg(config.max_wasm_stack.to_string())
+        .arg(init_memory_bytes.to_string())
         .env_clear()
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -259,6 +287,7 @@ fn run_worker(
         }
         match (status.code(), status.signal()) {
             (Some(EXIT_INVALID), _) => Err(CompileError::Invalid(message.to_owned())),
+            (Some(EXIT_INIT), _) => Err(CompileError::Init(message.to_owned())),
             (_, Some(signal)) => Err(CompileError::Crashed(format!(
                 "killed by signal {signal}{}",
                 if message.is_empty() {
@@ -289,6 +318,10 @@ pub fn run_worker_if_requested() {
             eprintln!("{message}");
             EXIT_INVALID
         }
+        Err(WorkerFailure::Init(message)) => {
+            eprintln!("{message}");
+            EXIT_INIT
+        }
         Err(WorkerFailure::Usage(message)) => {
             eprintln!("compile worker: {message}");
             64
@@ -299,12 +332,20 @@ pub fn run_worker_if_requested() {
 
 enum WorkerFailure {
     Invalid(String),
+    Init(String),
     Usage(String),
 }
 
 fn worker_main(args: &[String]) -> Result<(), WorkerFailure> {
     let usage = || WorkerFailure::Usage(format!("bad arguments {args:?}"));
-    let [kind, max_memory_bytes, max_instances, max_wasm_stack] = args else {
+    let [
+        kind,
+        max_memory_bytes,
+        max_instances,
+        max_wasm_stack,
+        init_memory_bytes,
+    ] = args
+    else {
         return Err(usage());
     };
     let kind = match kind.as_str() {
@@ -317,14 +358,17 @@ fn worker_main(args: &[String]) -> Result<(), WorkerFailure> {
         max_instances: max_instances.parse().map_err(|_| usage())?,
         max_wasm_stack: max_wasm_stack.parse().map_err(|_| usage())?,
     };
+    let init_memory_bytes = init_memory_bytes.parse().map_err(|_| usage())?;
     let engine = Engine::new(&crate::engine::wasm_config(&config))
         .map_err(|e| WorkerFailure::Usage(format!("engine: {e:#}")))?;
     let mut wasm = Vec::new();
     std::io::stdin()
         .read_to_end(&mut wasm)
         .map_err(|e| WorkerFailure::Usage(format!("reading stdin: {e}")))?;
-    let bytes = precompile_with(&engine, kind, &wasm)
-        .map_err(|e| WorkerFailure::Invalid(format!("{e:#}")))?;
+    let bytes = precompile_with(&engine, kind, &wasm, init_memory_bytes).map_err(|e| match e {
+        CompileError::Init(message) => WorkerFailure::Init(message),
+        other => WorkerFailure::Invalid(other.to_string()),
+    })?;
     std::io::stdout()
         .lock()
         .write_all(&bytes)

@@ -289,6 +289,13 @@ fn elapsed_pollable(state: &mut SandboxState) -> wasmtime::Result<(Resource<DynP
     Ok((subscribe(&mut state.table, elapsed)?,))
 }
 
+/// What the host does to uploaded bytes before compiling them, as part of
+/// the artifact cache's key. Artifacts are keyed by the uploaded bytes, not
+/// by what was compiled, so a change here must change the key: artifacts
+/// compiled before snapshots existed (`wizer-initialize` ignored) would
+/// otherwise keep being served from an old cache, and from the shared store.
+const ARTIFACT_RECIPE: &str = "wizer-initialize snapshot, 1";
+
 /// The process-wide wasmtime runtime.
 #[derive(Clone)]
 pub struct Runtime {
@@ -345,6 +352,7 @@ impl Runtime {
             // given build of this binary, which is what an artifact cache needs.
             let mut hasher = std::collections::hash_map::DefaultHasher::new();
             engine.precompile_compatibility_hash().hash(&mut hasher);
+            ARTIFACT_RECIPE.hash(&mut hasher);
             format!("{:016x}", hasher.finish())
         };
 
@@ -376,9 +384,16 @@ impl Runtime {
 
     /// Compiles `wasm` into a serialized artifact for this engine, with the
     /// configured [`Compiler`] (a bounded worker process for untrusted bytes).
-    pub fn precompile(&self, kind: ArtifactKind, wasm: &[u8]) -> Result<Vec<u8>, CompileError> {
+    /// A component that exports `wizer-initialize` is pre-initialised
+    /// first, under `limits.memory_bytes` (see [`crate::preinit`]).
+    pub fn precompile(
+        &self,
+        kind: ArtifactKind,
+        wasm: &[u8],
+        limits: &Limits,
+    ) -> Result<Vec<u8>, CompileError> {
         self.compiler
-            .precompile(&self.engine, &self.config, kind, wasm)
+            .precompile(&self.engine, &self.config, kind, wasm, limits.memory_bytes)
     }
 
     /// A short hex hash of everything that makes compiled artifacts
@@ -602,11 +617,20 @@ impl ArtifactCache {
     /// whose sha256 is `digest` (lowercase hex): from disk when a verified
     /// artifact exists, else compiled (by the runtime's [`Compiler`]) and
     /// written back.
+    ///
+    /// A component that exports `wizer-initialize` is compiled from its
+    /// pre-initialised snapshot, taken under `limits` (the model's memory
+    /// cap; see [`crate::preinit`]). The artifact is still keyed by the
+    /// uploaded bytes, so a restart maps it without running the init again.
+    /// (The key does not include the limits: the init sees no input, so
+    /// its snapshot does not depend on them; a snapshot that later does not
+    /// fit a smaller cap fails to instantiate, with that cap in the error.)
     pub fn load_or_compile<T: Artifact>(
         &self,
         runtime: &Runtime,
         digest: &str,
         wasm: &[u8],
+        limits: &Limits,
     ) -> Result<(T, CacheOutcome), ArtifactError> {
         if !(digest.len() == 64 && digest.bytes().all(|b| b.is_ascii_hexdigit())) {
             return Err(ArtifactError::Store(anyhow::anyhow!(
@@ -624,7 +648,7 @@ impl ArtifactCache {
             return Ok((component, CacheOutcome::Hit));
         }
 
-        let bytes = runtime.precompile(T::KIND, wasm)?;
+        let bytes = runtime.precompile(T::KIND, wasm, limits)?;
         let sum = checksum(&bytes);
         let stored = (|| {
             std::fs::create_dir_all(&self.dir)?;

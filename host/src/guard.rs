@@ -110,7 +110,7 @@ impl LoadedGuard {
         }
         let digest = sha256_hex(wasm);
         let (component, outcome) = cache
-            .load_or_compile::<Component>(runtime, &digest, wasm)
+            .load_or_compile::<Component>(runtime, &digest, wasm, &limits)
             .map_err(LoadError::from_artifact)?;
         let compile = start.elapsed();
         check_imports(runtime, &component)?;
@@ -241,31 +241,15 @@ impl LoadedGuard {
 /// from the component's top-level export section, without compiling it, so
 /// that an upload knows what it is before the compile worker runs.
 pub fn is_guard_component(wasm: &[u8]) -> bool {
-    use wasmparser::{Parser, Payload};
     if wasm_kind(wasm) != WasmKind::Component {
         return false;
     }
-    let (mut guard, mut inference) = (false, false);
-    // Nested modules and components come inline, each opened by a
-    // `Version` payload and closed by an `End`: only depth 1 is the
-    // component's own export section.
-    let mut depth = 0usize;
-    for payload in Parser::new(0).parse_all(wasm) {
-        match payload {
-            Ok(Payload::Version { .. }) => depth += 1,
-            Ok(Payload::End(_)) => depth = depth.saturating_sub(1),
-            Ok(Payload::ComponentExportSection(exports)) if depth == 1 => {
-                for export in exports.into_iter().flatten() {
-                    let name = export.name.name;
-                    guard |= name.starts_with("airlock:inference/guard@");
-                    inference |= name.starts_with("airlock:inference/inference@");
-                }
-            }
-            Ok(_) => {}
-            // Malformed: not for this function to judge; compiling it will.
-            Err(_) => return false,
-        }
-    }
+    let exports = crate::model::top_level_exports(wasm).unwrap_or_default();
+    let exported = |prefix: &str| exports.iter().any(|(name, _)| name.starts_with(prefix));
+    let (guard, inference) = (
+        exported("airlock:inference/guard@"),
+        exported("airlock:inference/inference@"),
+    );
     guard && !inference
 }
 

@@ -29,6 +29,7 @@ pub mod manifest;
 pub mod metrics;
 pub mod model;
 pub mod oip;
+pub mod preinit;
 pub mod registry;
 pub mod repository;
 pub mod s3store;

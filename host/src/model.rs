@@ -24,6 +24,10 @@ pub enum LoadError {
     /// Compilation failed, or exceeded its time or memory budget.
     #[error("the module failed to compile: {0}")]
     Compile(crate::compile::CompileError),
+    /// The component's `wizer-initialize` trapped (or used an import it may
+    /// not use during initialisation), or its snapshot failed.
+    #[error("the component could not be pre-initialised: {0}")]
+    Init(String),
     /// A core module that is not a WASI preview 1 command.
     #[error("not a WASI command: {0}")]
     NotACommand(String),
@@ -60,6 +64,9 @@ impl LoadError {
     pub(crate) fn from_artifact(error: ArtifactError) -> Self {
         match error {
             ArtifactError::Compile(crate::compile::CompileError::Host(e)) => Self::Cache(e),
+            ArtifactError::Compile(crate::compile::CompileError::Init(message)) => {
+                Self::Init(message)
+            }
             ArtifactError::Compile(e) => Self::Compile(e),
             ArtifactError::Store(e) => Self::Cache(e),
         }
@@ -144,7 +151,7 @@ impl LoadedModel {
                     ));
                 }
                 let (component, outcome) = cache
-                    .load_or_compile::<Component>(runtime, &digest, wasm)
+                    .load_or_compile::<Component>(runtime, &digest, wasm, &limits)
                     .map_err(LoadError::from_artifact)?;
                 compile = start.elapsed();
                 let (pre, metadata) = link_component(runtime, &component, &limits)?;
@@ -164,7 +171,7 @@ impl LoadedModel {
                     .to_model_metadata(name)
                     .map_err(LoadError::Manifest)?;
                 let (module, outcome) = cache
-                    .load_or_compile::<wasmtime::Module>(runtime, &digest, wasm)
+                    .load_or_compile::<wasmtime::Module>(runtime, &digest, wasm, &limits)
                     .map_err(LoadError::from_artifact)?;
                 compile = start.elapsed();
                 let pre = link_command(runtime, &module, &limits)?;
@@ -484,6 +491,34 @@ pub fn wasm_kind(bytes: &[u8]) -> WasmKind {
         [1, 0, 0, 0] => WasmKind::CoreModule,
         _ => WasmKind::NotWasm,
     }
+}
+
+/// The names and kinds of a component's own (top-level) exports, read from
+/// its export sections without compiling it; `None` if the bytes do not
+/// parse (compiling them will say why). Used to tell guards from models and
+/// to find `wizer-initialize` before the compile worker runs.
+pub(crate) fn top_level_exports(
+    wasm: &[u8],
+) -> Option<Vec<(String, wasmparser::ComponentExternalKind)>> {
+    use wasmparser::{Parser, Payload};
+    let mut found = Vec::new();
+    // Nested modules and components come inline, each opened by a
+    // `Version` payload and closed by an `End`: only depth 1 is the
+    // component's own export section.
+    let mut depth = 0usize;
+    for payload in Parser::new(0).parse_all(wasm) {
+        match payload.ok()? {
+            Payload::Version { .. } => depth += 1,
+            Payload::End(_) => depth = depth.saturating_sub(1),
+            Payload::ComponentExportSection(exports) if depth == 1 => {
+                for export in exports.into_iter().flatten() {
+                    found.push((export.name.name.to_owned(), export.kind));
+                }
+            }
+            _ => {}
+        }
+    }
+    Some(found)
 }
 
 pub(crate) fn validate_metadata(metadata: &ModelMetadata) -> Result<(), String> {

@@ -1,5 +1,6 @@
 //! The compiled-artifact cache: reused when intact, recompiled when not.
 
+use airlock::Limits;
 use airlock::engine::{ArtifactCache, CacheOutcome, sha256_hex};
 use wasmtime::component::Component;
 
@@ -12,11 +13,11 @@ fn artifacts_are_reused_when_intact_and_recompiled_when_corrupt() {
     let digest = sha256_hex(&wasm);
 
     let (_, first) = cache
-        .load_or_compile::<Component>(&runtime, &digest, &wasm)
+        .load_or_compile::<Component>(&runtime, &digest, &wasm, &Limits::default())
         .unwrap();
     assert_eq!(first, CacheOutcome::Compiled);
     let (_, second) = cache
-        .load_or_compile::<Component>(&runtime, &digest, &wasm)
+        .load_or_compile::<Component>(&runtime, &digest, &wasm, &Limits::default())
         .unwrap();
     assert_eq!(second, CacheOutcome::Hit);
 
@@ -27,7 +28,7 @@ fn artifacts_are_reused_when_intact_and_recompiled_when_corrupt() {
     bytes[middle] ^= 0xff;
     std::fs::write(&artifact, &bytes).unwrap();
     let (_, third) = cache
-        .load_or_compile::<Component>(&runtime, &digest, &wasm)
+        .load_or_compile::<Component>(&runtime, &digest, &wasm, &Limits::default())
         .unwrap();
     assert_eq!(
         third,
@@ -39,7 +40,7 @@ fn artifacts_are_reused_when_intact_and_recompiled_when_corrupt() {
     std::fs::write(&artifact, &bytes[..100]).unwrap();
     assert_eq!(
         cache
-            .load_or_compile::<Component>(&runtime, &digest, &wasm)
+            .load_or_compile::<Component>(&runtime, &digest, &wasm, &Limits::default())
             .unwrap()
             .1,
         CacheOutcome::Compiled
@@ -47,14 +48,14 @@ fn artifacts_are_reused_when_intact_and_recompiled_when_corrupt() {
     std::fs::remove_file(&artifact).unwrap();
     assert_eq!(
         cache
-            .load_or_compile::<Component>(&runtime, &digest, &wasm)
+            .load_or_compile::<Component>(&runtime, &digest, &wasm, &Limits::default())
             .unwrap()
             .1,
         CacheOutcome::Compiled
     );
     assert_eq!(
         cache
-            .load_or_compile::<Component>(&runtime, &digest, &wasm)
+            .load_or_compile::<Component>(&runtime, &digest, &wasm, &Limits::default())
             .unwrap()
             .1,
         CacheOutcome::Hit

@@ -12,6 +12,7 @@ mod hostile;
 mod lambda;
 mod pii;
 mod policy;
+mod preinit;
 mod protocol;
 mod repository;
 mod support;

@@ -14,7 +14,12 @@ use crate::guard::LoadedGuard;
 use crate::manifest::{Manifest, Policy};
 use crate::model::{LoadError, LoadedModel};
 use crate::registry::{Registry, Versioned};
-use crate::store::{Kind, ModelIndex, VersionRecord};
+use crate::store::{IndexRead, Kind, ModelIndex, VersionRecord};
+
+/// How many times an index change is redone when other hosts keep
+/// changing the same index in between (each retry means another host's
+/// change went in, so the system as a whole made progress).
+const INDEX_WRITE_ATTEMPTS: u32 = 16;
 
 /// Why a repository operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -87,6 +92,63 @@ pub struct ModelStatus {
 impl Host {
     pub(crate) fn lock(&self) -> std::sync::MutexGuard<'_, ()> {
         self.write_lock.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Changes the index of `name` as a compare-and-swap: reads it with its
+    /// tag, lets `change` edit it (`None`: there is none yet), writes it
+    /// back only if nobody else wrote it meanwhile, and otherwise starts
+    /// over from the fresh index. The write lock serialises this host's
+    /// writers; the conditional write is what protects against other hosts
+    /// on the same store (Lambda instances on one bucket). `change` must
+    /// be a pure function of the index it is given: it may run again.
+    fn update_index<T>(
+        &self,
+        name: &str,
+        mut change: impl FnMut(Option<ModelIndex>) -> Result<(ModelIndex, T), RepoError>,
+    ) -> Result<(ModelIndex, T), RepoError> {
+        for attempt in 1..=INDEX_WRITE_ATTEMPTS {
+            let (current, tag) = match self.store.read_index_if_changed(name, None)? {
+                IndexRead::Changed { index, tag } => (Some(index), Some(tag)),
+                IndexRead::Missing => (None, None),
+                IndexRead::Unchanged => {
+                    return Err(anyhow::anyhow!(
+                        "the store answered an unconditional read of {name:?} with `unchanged`"
+                    )
+                    .into());
+                }
+            };
+            let (index, out) = change(current)?;
+            if self.store.write_index_if(&index, tag.as_deref())? {
+                return Ok((index, out));
+            }
+            tracing::info!(
+                model = name,
+                attempt,
+                "another host changed the index meanwhile; redoing the change"
+            );
+            // Spread out hosts that collided so that they do not collide
+            // again in lockstep: a few ms, growing, with jitter.
+            std::thread::sleep(Duration::from_micros(jitter() % (1000 << attempt.min(6))));
+        }
+        Err(RepoError::Conflict(format!(
+            "the index of model {name:?} kept changing under this write \
+             ({INDEX_WRITE_ATTEMPTS} attempts); try again"
+        )))
+    }
+
+    /// [`Host::update_index`] for a model that must exist.
+    fn update_existing<T>(
+        &self,
+        name: &str,
+        mut change: impl FnMut(&mut ModelIndex) -> Result<T, RepoError>,
+    ) -> Result<(ModelIndex, T), RepoError> {
+        crate::validate_model_name(name).map_err(RepoError::BadRequest)?;
+        self.update_index(name, |index| {
+            let mut index =
+                index.ok_or_else(|| RepoError::NotFound(format!("unknown model {name:?}")))?;
+            let out = change(&mut index)?;
+            Ok((index, out))
+        })
     }
 
     /// Uploads `wasm` as a new version of `name`, with no manifest and no
@@ -230,40 +292,45 @@ impl Host {
         };
 
         let _guard = self.lock();
-        let mut index = self.store.read_index(name)?.unwrap_or_else(|| ModelIndex {
-            kind,
-            ..ModelIndex::new(name)
-        });
-        if index.kind != kind {
-            return Err(RepoError::Conflict(format!(
-                "{name:?} now holds {}s; this upload is a {}",
-                index.kind.as_str(),
-                kind.as_str()
-            )));
-        }
-        let version = index.next_version.to_string();
+        // The blob first: a version exists once its index entry does.
         self.store.put_blob(wasm)?;
-        index.next_version += 1;
-        index.versions.push(VersionRecord {
-            version: version.clone(),
-            sha256: digest.clone(),
-            size: wasm.len() as u64,
-            uploaded_unix: SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .map(|d| d.as_secs())
-                .unwrap_or(0),
-            model_version: match &probe {
-                Loaded::Model(model) => model.metadata().version.clone(),
-                Loaded::Guard(_) => String::new(),
-            },
-            signed_by,
-            manifest: manifest.cloned(),
-        });
-        let make_active = activate || index.active.is_none();
-        if make_active {
-            index.activate(&version);
-        }
-        self.store.write_index(&index)?;
+        let uploaded_unix = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        let model_version = match &probe {
+            Loaded::Model(model) => model.metadata().version.clone(),
+            Loaded::Guard(_) => String::new(),
+        };
+        let (index, (version, make_active)) = self.update_index(name, |index| {
+            let mut index = index.unwrap_or_else(|| ModelIndex {
+                kind,
+                ..ModelIndex::new(name)
+            });
+            if index.kind != kind {
+                return Err(RepoError::Conflict(format!(
+                    "{name:?} now holds {}s; this upload is a {}",
+                    index.kind.as_str(),
+                    kind.as_str()
+                )));
+            }
+            let version = index.next_version.to_string();
+            index.next_version += 1;
+            index.versions.push(VersionRecord {
+                version: version.clone(),
+                sha256: digest.clone(),
+                size: wasm.len() as u64,
+                uploaded_unix,
+                model_version: model_version.clone(),
+                signed_by: signed_by.clone(),
+                manifest: manifest.cloned(),
+            });
+            let make_active = activate || index.active.is_none();
+            if make_active {
+                index.activate(&version);
+            }
+            Ok((index, (version, make_active)))
+        })?;
         if index.loaded {
             match probe {
                 Loaded::Model(model) => {
@@ -301,14 +368,15 @@ impl Host {
     /// Makes `version` the active version of `name`.
     pub fn activate(&self, name: &str, version: &str) -> Result<(), RepoError> {
         let _guard = self.lock();
-        let mut index = self.existing_index(name)?;
-        if index.version(version).is_none() {
-            return Err(RepoError::NotFound(format!(
-                "model {name:?} has no version {version:?}"
-            )));
-        }
-        index.activate(version);
-        self.store.write_index(&index)?;
+        let (index, ()) = self.update_existing(name, |index| {
+            if index.version(version).is_none() {
+                return Err(RepoError::NotFound(format!(
+                    "model {name:?} has no version {version:?}"
+                )));
+            }
+            index.activate(version);
+            Ok(())
+        })?;
         self.publish(&index)?;
         Ok(())
     }
@@ -316,13 +384,13 @@ impl Host {
     /// Re-activates the previously active version of `name`; returns it.
     pub fn rollback(&self, name: &str) -> Result<String, RepoError> {
         let _guard = self.lock();
-        let mut index = self.existing_index(name)?;
-        let Some(version) = index.rollback() else {
-            return Err(RepoError::Conflict(format!(
-                "model {name:?} has no previous version to roll back to"
-            )));
-        };
-        self.store.write_index(&index)?;
+        let (index, version) = self.update_existing(name, |index| {
+            index.rollback().ok_or_else(|| {
+                RepoError::Conflict(format!(
+                    "model {name:?} has no previous version to roll back to"
+                ))
+            })
+        })?;
         self.publish(&index)?;
         Ok(version)
     }
@@ -330,20 +398,21 @@ impl Host {
     /// Deletes a version that is not active.
     pub fn delete_version(&self, name: &str, version: &str) -> Result<(), RepoError> {
         let _guard = self.lock();
-        let mut index = self.existing_index(name)?;
-        let Some(record) = index.version(version).cloned() else {
-            return Err(RepoError::NotFound(format!(
-                "model {name:?} has no version {version:?}"
-            )));
-        };
-        if index.active.as_deref() == Some(version) {
-            return Err(RepoError::Conflict(format!(
-                "version {version:?} of {name:?} is active; activate another version first"
-            )));
-        }
-        index.versions.retain(|v| v.version != version);
-        index.history.retain(|v| v != version);
-        self.store.write_index(&index)?;
+        let (index, record) = self.update_existing(name, |index| {
+            let Some(record) = index.version(version).cloned() else {
+                return Err(RepoError::NotFound(format!(
+                    "model {name:?} has no version {version:?}"
+                )));
+            };
+            if index.active.as_deref() == Some(version) {
+                return Err(RepoError::Conflict(format!(
+                    "version {version:?} of {name:?} is active; activate another version first"
+                )));
+            }
+            index.versions.retain(|v| v.version != version);
+            index.history.retain(|v| v != version);
+            Ok(record)
+        })?;
         self.publish(&index)?;
         if !self.store.list()?.iter().any(|other| {
             self.store
@@ -360,9 +429,10 @@ impl Host {
     /// Stops serving `name` (it stays stored; `load` serves it again).
     pub fn unload(&self, name: &str) -> Result<(), RepoError> {
         let _guard = self.lock();
-        let mut index = self.existing_index(name)?;
-        index.loaded = false;
-        self.store.write_index(&index)?;
+        self.update_existing(name, |index| {
+            index.loaded = false;
+            Ok(())
+        })?;
         self.unpublish(name);
         Ok(())
     }
@@ -370,10 +440,12 @@ impl Host {
     /// Serves `name` again from the store.
     pub fn load_model(&self, name: &str) -> Result<(), RepoError> {
         let _guard = self.lock();
-        let mut index = self.existing_index(name)?;
-        index.loaded = true;
-        self.publish(&index)?;
-        self.store.write_index(&index)?;
+        // Served first, so that a model that no longer loads stays unloaded
+        // (publishing again on a retry reuses what is loaded).
+        self.update_existing(name, |index| {
+            index.loaded = true;
+            self.publish(index)
+        })?;
         Ok(())
     }
 
@@ -444,13 +516,6 @@ impl Host {
             )));
         }
         Ok(policy)
-    }
-
-    fn existing_index(&self, name: &str) -> Result<ModelIndex, RepoError> {
-        crate::validate_model_name(name).map_err(RepoError::BadRequest)?;
-        self.store
-            .read_index(name)?
-            .ok_or_else(|| RepoError::NotFound(format!("unknown model {name:?}")))
     }
 
     /// Refuses a model manifest naming a guard (or a pinned guard version)
@@ -590,4 +655,14 @@ fn publish_into<T: Versioned>(
     }
     registry.replace(&index.name, loaded, index.active.as_deref());
     Ok(())
+}
+
+/// A random number for retry jitter: std's per-process random hash keys
+/// over the clock and the thread (no need for a random-number crate).
+fn jitter() -> u64 {
+    use std::hash::{BuildHasher as _, Hash as _, Hasher as _};
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    std::thread::current().id().hash(&mut hasher);
+    SystemTime::now().hash(&mut hasher);
+    hasher.finish()
 }

@@ -12,9 +12,12 @@
 //!
 //! Each object is written by one `PutObject`, which S3 makes visible whole
 //! or not at all, so the filesystem store's temp-file-and-rename has no
-//! equivalent to do here. Index writes are last-writer-wins: two hosts that
-//! change the same model at the same moment can lose one of the changes
-//! (never a half index); point one admin client at a model at a time.
+//! equivalent to do here. Index changes are compare-and-swap: the index
+//! is read with its ETag and written back with `If-Match: <ETag>` (a new
+//! one with `If-None-Match: *`); S3 answers 412 when another host wrote in
+//! between, and the change is redone on the fresh index (see
+//! [`Store::write_index_if`]). So two Lambda instances that take uploads of
+//! one model at the same moment both get their version in.
 //!
 //! Anyone who can write this bucket prefix can put compiled code in front of
 //! every host that shares it (artifacts are native code): the prefix must be
@@ -119,6 +122,12 @@ impl S3Store {
     /// environment). `AWS_ENDPOINT_URL`/`AWS_ENDPOINT_URL_S3` point it at
     /// another endpoint (an emulator), which then gets path-style requests.
     pub fn connect(url: &str) -> anyhow::Result<Self> {
+        Self::connect_with(url, None)
+    }
+
+    /// [`S3Store::connect`] with this SDK configuration instead of the
+    /// environment's (tests: several stores on one emulator in one process).
+    pub fn connect_with(url: &str, sdk: Option<aws_config::SdkConfig>) -> anyhow::Result<Self> {
         let (bucket, prefix) = parse_url(url)?;
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
@@ -128,11 +137,18 @@ impl S3Store {
             .context("failed to start the S3 I/O runtime")?;
         let io = Arc::new(IoRuntime(Some(rt)));
         let client = io.block_on(async {
-            let sdk = aws_config::defaults(aws_config::BehaviorVersion::latest())
-                .load()
-                .await;
+            let from_env = sdk.is_none();
+            let sdk = match sdk {
+                Some(sdk) => sdk,
+                None => {
+                    aws_config::defaults(aws_config::BehaviorVersion::latest())
+                        .load()
+                        .await
+                }
+            };
             let path_style = sdk.endpoint_url().is_some()
-                || std::env::var_os("AWS_ENDPOINT_URL_S3").is_some_and(|v| !v.is_empty());
+                || (from_env
+                    && std::env::var_os("AWS_ENDPOINT_URL_S3").is_some_and(|v| !v.is_empty()));
             let config = aws_sdk_s3::config::Builder::from(&sdk)
                 .force_path_style(path_style)
                 // Checksums only where S3 requires them: blobs are checked
@@ -357,6 +373,42 @@ impl Store for S3Store {
             "application/json",
             None,
         ))
+    }
+
+    /// A conditional `PutObject` (S3 conditional writes, 2024): 412
+    /// Precondition Failed means the tag is stale; 409 (another
+    /// conditional write to the key in flight) and 404 (the index was
+    /// deleted meanwhile, for `If-Match`) also mean "read again".
+    fn write_index_if(&self, index: &ModelIndex, expected: Option<&str>) -> anyhow::Result<bool> {
+        crate::validate_model_name(&index.name).map_err(anyhow::Error::msg)?;
+        let json = serde_json::to_vec_pretty(index)?;
+        let client = self.client.clone();
+        let bucket = self.bucket.clone();
+        let key = self.index_key(&index.name);
+        let expected = expected.map(str::to_owned);
+        self.io.block_on(async move {
+            let mut request = client
+                .put_object()
+                .bucket(&bucket)
+                .key(&key)
+                .content_type("application/json")
+                .body(ByteStream::from(json));
+            let if_match = expected.is_some();
+            request = match expected {
+                Some(tag) => request.if_match(tag),
+                None => request.if_none_match("*"),
+            };
+            match request.send().await {
+                Ok(_) => Ok(true),
+                Err(e) if matches!(status(&e), Some(412 | 409)) => Ok(false),
+                // A 404 without If-Match is a missing bucket: an error.
+                Err(e) if if_match && status(&e) == Some(404) => Ok(false),
+                Err(e) => Err(sdk_error(
+                    e,
+                    &format!("failed to write s3://{bucket}/{key}"),
+                )),
+            }
+        })
     }
 
     fn list(&self) -> anyhow::Result<Vec<String>> {

@@ -303,8 +303,16 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     /// The index of `name` unless it still has the tag `known` (a cheap
     /// conditional read: `If-None-Match` on S3).
     fn read_index_if_changed(&self, name: &str, known: Option<&str>) -> anyhow::Result<IndexRead>;
-    /// Writes the index of its model atomically.
+    /// Writes the index of its model atomically, whatever is there.
     fn write_index(&self, index: &ModelIndex) -> anyhow::Result<()>;
+    /// Writes the index of its model atomically, but only if the stored
+    /// index is still the one the caller read: `expected` is the tag
+    /// [`Store::read_index_if_changed`] gave with it, `None` when there was
+    /// no index (then there must still be none). `Ok(false)`, with nothing
+    /// written, when another writer got there first: read again, redo the
+    /// change, retry (see `Host::update_index`). A compare-and-swap, so
+    /// that hosts sharing a store never lose each other's changes.
+    fn write_index_if(&self, index: &ModelIndex, expected: Option<&str>) -> anyhow::Result<bool>;
     /// Names of all stored models, sorted.
     fn list(&self) -> anyhow::Result<Vec<String>>;
 
@@ -383,6 +391,23 @@ impl Store for FsStore {
     fn write_index(&self, index: &ModelIndex) -> anyhow::Result<()> {
         FsStore::write_index(self, index)
     }
+    /// Compares the file's tag, then renames the new one into place.
+    /// Writers in one process are serialised by the host's write lock, so
+    /// the check holds for them. Two processes on one directory are not
+    /// serialised: between the check and the rename the other may write,
+    /// and its change is lost. Share a store between hosts through S3,
+    /// whose conditional write is atomic, not through a shared directory.
+    fn write_index_if(&self, index: &ModelIndex, expected: Option<&str>) -> anyhow::Result<bool> {
+        let current = match self.read_index_if_changed(&index.name, None)? {
+            IndexRead::Changed { tag, .. } => Some(tag),
+            IndexRead::Missing | IndexRead::Unchanged => None,
+        };
+        if current.as_deref() != expected {
+            return Ok(false);
+        }
+        FsStore::write_index(self, index)?;
+        Ok(true)
+    }
     fn list(&self) -> anyhow::Result<Vec<String>> {
         FsStore::list(self)
     }
@@ -441,6 +466,29 @@ mod tests {
             "version 1 is gone, nothing to go back to"
         );
         assert_eq!(store.list().unwrap(), vec!["m".to_owned()]);
+    }
+
+    #[test]
+    fn conditional_index_writes_refuse_a_stale_tag() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = FsStore::new(dir.path());
+        let mut index = ModelIndex::new("m");
+        assert!(Store::write_index_if(&store, &index, None).unwrap());
+        assert!(
+            !Store::write_index_if(&store, &index, None).unwrap(),
+            "it exists now"
+        );
+        let IndexRead::Changed { tag, .. } = store.read_index_if_changed("m", None).unwrap() else {
+            panic!("the index is there");
+        };
+        index.next_version = 2;
+        assert!(Store::write_index_if(&store, &index, Some(&tag)).unwrap());
+        index.next_version = 3;
+        assert!(
+            !Store::write_index_if(&store, &index, Some(&tag)).unwrap(),
+            "the tag is stale"
+        );
+        assert_eq!(store.read_index("m").unwrap().unwrap().next_version, 2);
     }
 
     #[test]

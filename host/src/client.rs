@@ -5,6 +5,12 @@
 //! for components over [`DIRECT_UPLOAD_MAX`], through a presigned upload to
 //! the server's S3 store (see [`crate::staging`]); a server that cannot
 //! presign (a filesystem store) says so and the body goes directly.
+//!
+//! The client authenticates with the admin token ([`Auth::Token`]), or, for
+//! a deployment behind API Gateway whose repository routes are `AWS_IAM`
+//! authorised, signs every request to the server with SigV4
+//! ([`Auth::SigV4`], see [`crate::sigv4`]). The presigned S3 `PUT` carries
+//! neither: its URL is its authorisation.
 
 use std::io::Read;
 use std::path::Path;
@@ -44,6 +50,18 @@ impl std::str::FromStr for UploadVia {
     }
 }
 
+/// How the client proves that it may use the repository API.
+#[derive(Debug, Clone)]
+pub enum Auth {
+    /// `Authorization: Bearer <token>`: `airlock serve`, or a function
+    /// configured with `AIRLOCK_ADMIN_TOKEN`.
+    Token(String),
+    /// AWS SigV4 (service `execute-api`) for API Gateway's `AWS_IAM`
+    /// routes. The signature takes the `Authorization` header, so no token
+    /// goes with it.
+    SigV4(crate::sigv4::Signer),
+}
+
 /// A repository API client for one server.
 pub struct Client {
     http: reqwest::blocking::Client,
@@ -51,7 +69,7 @@ pub struct Client {
     /// for loopback URLs (an S3 emulator), which `http` refuses.
     storage: reqwest::blocking::Client,
     server: String,
-    token: String,
+    auth: Auth,
 }
 
 /// Whether `url` may be used over plain HTTP: only to this machine (a local
@@ -73,8 +91,8 @@ fn plain_http_allowed(url: &str) -> bool {
 
 impl Client {
     /// A client for `server` (an https URL) that trusts the public web PKI
-    /// plus `cacert` when given, and authenticates with `token`.
-    pub fn new(server: &str, cacert: Option<&Path>, token: String) -> anyhow::Result<Self> {
+    /// plus `cacert` when given, and authenticates with `auth`.
+    pub fn new(server: &str, cacert: Option<&Path>, auth: Auth) -> anyhow::Result<Self> {
         let mut roots = rustls::RootCertStore::empty();
         roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
         if let Some(path) = cacert {
@@ -107,8 +125,54 @@ impl Client {
             http,
             storage,
             server: server.trim_end_matches('/').to_owned(),
-            token,
+            auth,
         })
+    }
+
+    /// A `POST` of `body` to `path` (with its query) on the server, with
+    /// `headers` and the client's authentication: signed over all of it
+    /// with SigV4, or with the bearer token. `progress` follows the body
+    /// as it goes out.
+    fn post(
+        &self,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: Vec<u8>,
+        progress: Option<Box<dyn FnMut(u64, u64) + Send>>,
+    ) -> anyhow::Result<reqwest::blocking::RequestBuilder> {
+        // Parsed first so that what is signed is the URL exactly as sent
+        // (percent-encoded the way reqwest sends it).
+        let url = reqwest::Url::parse(&format!("{}{path}", self.server))
+            .with_context(|| format!("not a valid URL: {}{path}", self.server))?;
+        let mut request = self.http.post(url.clone());
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        match &self.auth {
+            Auth::Token(token) => request = request.bearer_auth(token),
+            Auth::SigV4(signer) => {
+                for (name, value) in signer.sign("POST", url.as_str(), headers, &body)? {
+                    request = request.header(name, value);
+                }
+            }
+        }
+        let total = body.len() as u64;
+        Ok(match progress {
+            Some(report) => request.body(progress_body(body, total, report)),
+            None => request.body(body),
+        })
+    }
+
+    /// A `POST` of `value` as JSON.
+    fn post_json(
+        &self,
+        path: &str,
+        headers: &[(&str, &str)],
+        value: &serde_json::Value,
+    ) -> anyhow::Result<reqwest::blocking::RequestBuilder> {
+        let mut all = vec![("content-type", "application/json")];
+        all.extend_from_slice(headers);
+        self.post(path, &all, serde_json::to_vec(value)?, None)
     }
 
     fn send(
@@ -116,7 +180,6 @@ impl Client {
         request: reqwest::blocking::RequestBuilder,
     ) -> anyhow::Result<serde_json::Value> {
         let response = request
-            .bearer_auth(&self.token)
             .send()
             .with_context(|| format!("failed to reach {}", self.server))?;
         let status = response.status();
@@ -124,8 +187,7 @@ impl Client {
             format!("the server answered {status} with a body that is not JSON")
         })?;
         if !status.is_success() {
-            let message = body["error"].as_str().unwrap_or("no message");
-            anyhow::bail!("the server refused ({status}): {message}");
+            anyhow::bail!("the server refused ({status}): {}", refusal(&body));
         }
         Ok(body)
     }
@@ -167,29 +229,27 @@ impl Client {
             None => ("application/wasm".to_owned(), wasm),
             Some(manifest) => multipart(wasm, manifest),
         };
-        let total = wasm.len() as u64;
-        let url = format!(
-            "{}/v2/repository/models/{name}/versions?activate={activate}",
-            self.server
-        );
-        let mut request = self.http.post(url).header("content-type", content_type);
+        let mut headers = vec![("content-type", content_type.as_str())];
         if let Some(signature) = signature {
-            request = request.header(crate::signing::SIGNATURE_HEADER, signature.trim());
+            headers.push((crate::signing::SIGNATURE_HEADER, signature.trim()));
         }
-        self.send(request.body(progress_body(wasm, total, progress)))
+        self.send(self.post(
+            &format!("/v2/repository/models/{name}/versions?activate={activate}"),
+            &headers,
+            wasm,
+            Some(Box::new(progress)),
+        )?)
     }
 
     /// Asks for a presigned upload; `None` when the server has none to give
     /// (501 from a filesystem store; 404/405 from a server that predates them).
     fn begin_upload(&self, name: &str, size: u64) -> anyhow::Result<Option<serde_json::Value>> {
         let response = self
-            .http
-            .post(format!(
-                "{}/v2/repository/models/{name}/uploads",
-                self.server
-            ))
-            .bearer_auth(&self.token)
-            .json(&serde_json::json!({ "size": size }))
+            .post_json(
+                &format!("/v2/repository/models/{name}/uploads"),
+                &[],
+                &serde_json::json!({ "size": size }),
+            )?
             .send()
             .with_context(|| format!("failed to reach {}", self.server))?;
         let status = response.status();
@@ -200,8 +260,7 @@ impl Client {
             format!("the server answered {status} with a body that is not JSON")
         })?;
         if !status.is_success() {
-            let message = body["error"].as_str().unwrap_or("no message");
-            anyhow::bail!("the server refused ({status}): {message}");
+            anyhow::bail!("the server refused ({status}): {}", refusal(&body));
         }
         Ok(Some(body))
     }
@@ -233,6 +292,8 @@ impl Client {
             .transpose()
             .context("the policy manifest is not UTF-8 text")?;
         let total = wasm.len() as u64;
+        // Not signed, no token: the URL's query is its authorisation (S3
+        // refuses a second one), and the bucket is not the server.
         let mut put = self.storage.put(url);
         for (key, value) in slot["headers"].as_object().into_iter().flatten() {
             // reqwest sets these from the URL and the sized body.
@@ -244,7 +305,7 @@ impl Client {
             }
         }
         let response = put
-            .body(progress_body(wasm, total, progress))
+            .body(progress_body(wasm, total, Box::new(progress)))
             .send()
             .context("failed to upload to the presigned URL")?;
         let status = response.status();
@@ -255,42 +316,50 @@ impl Client {
                 text.chars().take(300).collect::<String>()
             );
         }
-        let mut request = self
-            .http
-            .post(format!(
-                "{}/v2/repository/models/{name}/uploads/{id}?activate={activate}",
-                self.server
-            ))
-            .json(&serde_json::json!({ "sha256": digest, "manifest": manifest }));
-        if let Some(signature) = signature {
-            request = request.header(crate::signing::SIGNATURE_HEADER, signature.trim());
-        }
-        self.send(request)
+        let headers: Vec<(&str, &str)> = signature
+            .map(|s| (crate::signing::SIGNATURE_HEADER, s.trim()))
+            .into_iter()
+            .collect();
+        self.send(self.post_json(
+            &format!("/v2/repository/models/{name}/uploads/{id}?activate={activate}"),
+            &headers,
+            &serde_json::json!({ "sha256": digest, "manifest": manifest }),
+        )?)
     }
 
     /// Every stored model version.
     pub fn models(&self) -> anyhow::Result<serde_json::Value> {
-        self.send(
-            self.http
-                .post(format!("{}/v2/repository/index", self.server)),
-        )
+        self.send(self.post("/v2/repository/index", &[], Vec::new(), None)?)
     }
 
     /// Makes `version` the active version of `name`.
     pub fn activate(&self, name: &str, version: &str) -> anyhow::Result<serde_json::Value> {
-        self.send(self.http.post(format!(
-            "{}/v2/repository/models/{name}/versions/{version}/activate",
-            self.server
-        )))
+        self.send(self.post(
+            &format!("/v2/repository/models/{name}/versions/{version}/activate"),
+            &[],
+            Vec::new(),
+            None,
+        )?)
     }
 
     /// Re-activates the previously active version of `name`.
     pub fn rollback(&self, name: &str) -> anyhow::Result<serde_json::Value> {
-        self.send(self.http.post(format!(
-            "{}/v2/repository/models/{name}/rollback",
-            self.server
-        )))
+        self.send(self.post(
+            &format!("/v2/repository/models/{name}/rollback"),
+            &[],
+            Vec::new(),
+            None,
+        )?)
     }
+}
+
+/// What a refusal says: the server's `error`, or API Gateway's `message`
+/// (its 403 for a missing or wrong signature).
+fn refusal(body: &serde_json::Value) -> &str {
+    body["error"]
+        .as_str()
+        .or_else(|| body["message"].as_str())
+        .unwrap_or("no message")
 }
 
 /// A `multipart/form-data` body with the parts `model` and `manifest`, and
@@ -327,13 +396,13 @@ fn contains(haystack: &[u8], needle: &[u8]) -> bool {
 fn progress_body(
     wasm: Vec<u8>,
     total: u64,
-    progress: impl FnMut(u64, u64) + Send + 'static,
+    report: Box<dyn FnMut(u64, u64) + Send>,
 ) -> reqwest::blocking::Body {
     reqwest::blocking::Body::sized(
         Progress {
             data: std::io::Cursor::new(wasm),
             total,
-            report: Box::new(progress),
+            report,
         },
         total,
     )

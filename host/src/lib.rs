@@ -35,6 +35,7 @@ pub mod repository;
 pub mod s3store;
 pub mod server;
 pub mod signing;
+pub mod sigv4;
 pub mod staging;
 pub mod store;
 mod sync;
@@ -121,12 +122,6 @@ pub struct Host {
 impl Host {
     /// Builds the engine (one per process is plenty) and an empty registry.
     pub fn new(config: HostConfig) -> anyhow::Result<Self> {
-        let runtime = Runtime::with_compiler(&config.engine, config.compiler.clone())
-            .context("failed to create the wasm engine")?;
-        let artifacts = config
-            .artifacts_dir
-            .clone()
-            .unwrap_or_else(|| config.data_dir.join("artifacts"));
         let store: Arc<dyn store::Store> = match config.store_url.as_deref() {
             None => Arc::new(store::FsStore::new(&config.data_dir)),
             Some(url) if url.starts_with("s3://") => Arc::new(
@@ -137,6 +132,17 @@ impl Host {
                 "unsupported model store {other:?}: use s3://BUCKET/PREFIX, or leave it unset for the data directory"
             ),
         };
+        Self::with_store(config, store)
+    }
+
+    /// [`Host::new`] over this store (`config.store_url` is not looked at).
+    pub fn with_store(config: HostConfig, store: Arc<dyn store::Store>) -> anyhow::Result<Self> {
+        let runtime = Runtime::with_compiler(&config.engine, config.compiler.clone())
+            .context("failed to create the wasm engine")?;
+        let artifacts = config
+            .artifacts_dir
+            .clone()
+            .unwrap_or_else(|| config.data_dir.join("artifacts"));
         let cache =
             engine::ArtifactCache::new(&artifacts, &runtime).with_shared(Arc::clone(&store));
         Ok(Self {

@@ -393,3 +393,388 @@ fn bootstrap_zip_runs_on_provided_al2023() {
         packaged.zip_bytes, packaged.binary_bytes, glibc.0, glibc.1
     );
 }
+
+/// The identity the API Gateway stand-in accepts: temporary credentials,
+/// so that the session token must be signed too.
+const GW_KEY: &str = "AKIDSTANDINEXAMPLE";
+const GW_SECRET: &str = "stand-in/secret+key/EXAMPLE";
+const GW_SESSION: &str = "stand-in-session-token";
+
+/// host/tests/apigw_stand_in.py: API Gateway's AWS_IAM check done by
+/// botocore, in front of a function; its log has one JSON line per request.
+struct Gateway {
+    _process: Running,
+    stdin: std::process::ChildStdin,
+    url: String,
+    log: PathBuf,
+}
+
+fn gateway(moto: &str, dir: &Path) -> Gateway {
+    use std::io::BufRead as _;
+    // The venv's Python has botocore (moto depends on it).
+    let venv = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/test-venv/bin/python3");
+    let python = if venv.is_file() {
+        venv
+    } else {
+        tool("python3")
+    };
+    let log = dir.join("gateway.jsonl");
+    let mut child = Command::new(python)
+        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/apigw_stand_in.py"))
+        .args(["--s3", moto, "--bucket", BUCKET, "--token", TOKEN])
+        .args(["--region", "us-east-1", "--log"])
+        .arg(&log)
+        .env("AWS_ACCESS_KEY_ID", GW_KEY)
+        .env("AWS_SECRET_ACCESS_KEY", GW_SECRET)
+        .env("AWS_SESSION_TOKEN", GW_SESSION)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("failed to start the API Gateway stand-in");
+    let stdin = child.stdin.take().unwrap();
+    let mut port = String::new();
+    std::io::BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut port)
+        .unwrap();
+    let port: u16 = port
+        .trim()
+        .parse()
+        .unwrap_or_else(|_| panic!("the stand-in did not start: {port:?}"));
+    Gateway {
+        _process: Running(child),
+        stdin,
+        url: format!("http://127.0.0.1:{port}"),
+        log,
+    }
+}
+
+/// `airlock` with SigV4 and credentials from the environment only (no
+/// ~/.aws of whoever runs the tests, no instance metadata).
+fn airlock_signed(args: &[&str], secret: &str, home: &Path) -> (bool, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_airlock"))
+        .args(args)
+        .args(["--auth", "sigv4"])
+        .env_remove("AIRLOCK_ADMIN_TOKEN")
+        .env_remove("AIRLOCK_CACERT")
+        .env_remove("AWS_PROFILE")
+        .env("HOME", home)
+        .env("AWS_CONFIG_FILE", home.join("no-config"))
+        .env("AWS_SHARED_CREDENTIALS_FILE", home.join("no-credentials"))
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .env("AWS_ACCESS_KEY_ID", GW_KEY)
+        .env("AWS_SECRET_ACCESS_KEY", secret)
+        .env("AWS_SESSION_TOKEN", GW_SESSION)
+        .env("AWS_REGION", "us-east-1")
+        .current_dir(home)
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
+/// `airlock push`/`models`/`rollback` sign every repository request with
+/// SigV4 so that API Gateway's AWS_IAM check lets them through: here an
+/// independent implementation (botocore, in the stand-in) recomputes each
+/// signature from the request as it arrived, and the function behind it
+/// takes the uploads. The presigned S3 leg goes out unsigned (its URL is
+/// its authorisation). A wrong secret, a bearer token, or a request
+/// changed after signing (body, query, path, a signed header) is refused.
+#[test]
+fn push_signs_for_api_gateway_as_botocore_verifies() {
+    let dir = tempfile::tempdir().unwrap();
+    let home = dir.path().join("home");
+    std::fs::create_dir(&home).unwrap();
+    let (_moto, moto_url) = moto();
+    let created = http().put(format!("{moto_url}/{BUCKET}")).send().unwrap();
+    assert!(created.status().is_success(), "{}", created.status());
+    // The function's S3 endpoint is the stand-in, so that the presigned
+    // URLs it hands out point there and the stand-in sees that PUT.
+    let mut gw = gateway(&moto_url, dir.path());
+    let function = function(&gw.url, dir.path(), "a");
+    {
+        use std::io::Write as _;
+        writeln!(gw.stdin, "{}", function.url).unwrap();
+    }
+    let server = gw.url.as_str();
+    let digits = airlock_artifacts::DIGITS;
+
+    // v1 the presigned way, v2 directly as multipart with a policy
+    // manifest (the payload hash covers the whole multipart body).
+    let (ok, out) = airlock_signed(
+        &["push", digits, "--name", "digits", "--activate"],
+        GW_SECRET,
+        &home,
+    );
+    assert!(!ok, "no --server: the default is a local server: {out}");
+    let (ok, out) = airlock_signed(
+        &[
+            "push",
+            digits,
+            "--name",
+            "digits",
+            "--activate",
+            "--upload-via",
+            "presigned",
+            "--server",
+            server,
+        ],
+        GW_SECRET,
+        &home,
+    );
+    assert!(ok && out.contains("uploaded version 1"), "{out}");
+    let v2 = dir.path().join("digits-v2.wasm");
+    std::fs::write(&v2, digits_v2()).unwrap();
+    let policy = dir.path().join("policy.toml");
+    std::fs::write(&policy, "deadline_ms = 1500\n").unwrap();
+    let (ok, out) = airlock_signed(
+        &[
+            "push",
+            v2.to_str().unwrap(),
+            "--name",
+            "digits",
+            "--activate",
+            "--upload-via",
+            "direct",
+            "--policy",
+            policy.to_str().unwrap(),
+            "--server",
+            server,
+        ],
+        GW_SECRET,
+        &home,
+    );
+    assert!(ok && out.contains("uploaded version 2"), "{out}");
+    let (ok, out) = airlock_signed(&["models", "--server", server], GW_SECRET, &home);
+    assert!(ok && out.contains("digits"), "{out}");
+    let (ok, out) = airlock_signed(
+        &["rollback", "digits", "--server", server],
+        GW_SECRET,
+        &home,
+    );
+    assert!(ok && out.contains("rolled back to version \"1\""), "{out}");
+    // The public routes need no signature.
+    assert_eq!(infer(server)["model_version"], "1");
+
+    // Refused before the function: a wrong secret, and the bearer token
+    // (API Gateway's AWS_IAM routes take nothing but SigV4).
+    let (ok, out) = airlock_signed(&["models", "--server", server], "wrong", &home);
+    assert!(
+        !ok && out.contains("403") && out.contains("signature mismatch"),
+        "{out}"
+    );
+    let out = Command::new(env!("CARGO_BIN_EXE_airlock"))
+        .args([
+            "models", "--server", server, "--auth", "token", "--token", TOKEN,
+        ])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && text.contains("403"), "{text}");
+
+    // What the stand-in checks would catch a wrong canonical request: a
+    // request signed by the library, then changed in one signed part.
+    let signer = airlock::sigv4::Signer::new(
+        aws_credential_types::Credentials::new(
+            GW_KEY,
+            GW_SECRET,
+            Some(GW_SESSION.into()),
+            None,
+            "test",
+        ),
+        "us-east-1",
+    );
+    let index = format!("{server}/v2/repository/index");
+    let send = |url: &str, content_type: &str, body: &[u8]| {
+        let mut request = http().post(url).header("content-type", content_type);
+        for (name, value) in signer
+            .sign(
+                "POST",
+                &index,
+                &[("content-type", "application/json")],
+                b"{}",
+            )
+            .unwrap()
+        {
+            request = request.header(name, value);
+        }
+        request
+            .body(body.to_vec())
+            .send()
+            .unwrap()
+            .status()
+            .as_u16()
+    };
+    assert_eq!(send(&index, "application/json", b"{}"), 200);
+    assert_eq!(send(&index, "application/json", b"{ }"), 403, "body");
+    assert_eq!(
+        send(&format!("{index}?a=b"), "application/json", b"{}"),
+        403,
+        "query"
+    );
+    let other = format!("{server}/v2/repository/models/digits/rollback");
+    assert_eq!(send(&other, "application/json", b"{}"), 403, "path");
+    assert_eq!(send(&index, "text/plain", b"{}"), 403, "signed header");
+
+    // The stand-in's log: every repository request the CLI made was
+    // verified, and the presigned PUT reached S3 with no second signature.
+    let log: Vec<Value> = std::fs::read_to_string(&gw.log)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let admin = |verified: bool| {
+        log.iter()
+            .filter(|e| e["kind"] == "admin" && e["verified"] == verified)
+            .collect::<Vec<_>>()
+    };
+    let paths: Vec<&str> = admin(true)
+        .iter()
+        .map(|e| e["path"].as_str().unwrap())
+        .collect();
+    assert!(
+        paths.contains(&"/v2/repository/models/digits/uploads"),
+        "{paths:?}"
+    );
+    assert!(
+        paths
+            .iter()
+            .any(|p| p.starts_with("/v2/repository/models/digits/uploads/")),
+        "{paths:?}"
+    );
+    assert!(
+        admin(true)
+            .iter()
+            .any(|e| e["path"] == "/v2/repository/models/digits/versions"
+                && e["query"] == "activate=true"
+                && e["status"] == 201),
+        "{log:?}"
+    );
+    // 1 wrong secret + 1 token + 4 changed requests.
+    assert_eq!(admin(false).len(), 6, "{:?}", admin(false));
+    let presigned: Vec<&Value> = log
+        .iter()
+        .filter(|e| e["kind"] == "s3" && e["presigned"] == true)
+        .collect();
+    assert_eq!(presigned.len(), 1, "{log:?}");
+    assert_eq!(presigned[0]["method"], "PUT");
+    assert_eq!(presigned[0]["authorization"], false);
+    assert_eq!(presigned[0]["status"], 200);
+}
+
+/// Two hosts on one bucket (two Lambda instances) taking uploads of the
+/// same model at the same moment: the index writes are compare-and-swap
+/// (`If-Match`/`If-None-Match` on S3, emulated by moto), so every version
+/// survives, each with its own number.
+#[test]
+fn two_hosts_on_one_bucket_keep_every_concurrent_upload() {
+    const EACH: usize = 4;
+    let (_moto, moto_url) = moto();
+    let created = http().put(format!("{moto_url}/{BUCKET}")).send().unwrap();
+    assert!(created.status().is_success(), "{}", created.status());
+    let sdk = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(
+            aws_config::defaults(aws_config::BehaviorVersion::latest())
+                .endpoint_url(&moto_url)
+                .region(aws_config::Region::new("us-east-1"))
+                .credentials_provider(aws_credential_types::Credentials::new(
+                    "testing", "testing", None, None, "test",
+                ))
+                .load(),
+        );
+    let url = format!("s3://{BUCKET}/cas");
+    let dirs = [tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap()];
+    let stores: Vec<_> = dirs
+        .iter()
+        .map(|_| {
+            std::sync::Arc::new(
+                airlock::s3store::S3Store::connect_with(&url, Some(sdk.clone())).unwrap(),
+            )
+        })
+        .collect();
+    let hosts: Vec<airlock::Host> = dirs
+        .iter()
+        .zip(&stores)
+        .map(|(dir, store)| {
+            airlock::Host::with_store(airlock::HostConfig::new(dir.path()), store.clone()).unwrap()
+        })
+        .collect();
+
+    // 2 × EACH distinct components (a custom section apiece), all uploads
+    // released at once.
+    let base = std::fs::read(airlock_artifacts::DIGITS).unwrap();
+    let component = |i: usize| {
+        let mut wasm = base.clone();
+        let name = format!("cas-{i}");
+        wasm.extend_from_slice(&[0, (name.len() + 1) as u8, name.len() as u8]);
+        wasm.extend_from_slice(name.as_bytes());
+        wasm
+    };
+    let barrier = std::sync::Barrier::new(2 * EACH);
+    let reports: Vec<airlock::UploadReport> = std::thread::scope(|s| {
+        let threads: Vec<_> = (0..2 * EACH)
+            .map(|i| {
+                let host = &hosts[i % 2];
+                let wasm = component(i);
+                let barrier = &barrier;
+                s.spawn(move || {
+                    barrier.wait();
+                    host.upload("digits", &wasm, false).unwrap()
+                })
+            })
+            .collect();
+        threads.into_iter().map(|t| t.join().unwrap()).collect()
+    });
+
+    let index = hosts[0].store().read_index("digits").unwrap().unwrap();
+    let mut stored: Vec<(String, String)> = index
+        .versions
+        .iter()
+        .map(|v| (v.sha256.clone(), v.version.clone()))
+        .collect();
+    let mut uploaded: Vec<(String, String)> = reports
+        .iter()
+        .map(|r| {
+            assert!(r.created);
+            (r.sha256.clone(), r.version.clone())
+        })
+        .collect();
+    stored.sort();
+    uploaded.sort();
+    assert_eq!(
+        stored, uploaded,
+        "every upload is in the index, as reported"
+    );
+    let mut numbers: Vec<u64> = index
+        .versions
+        .iter()
+        .map(|v| v.version.parse().unwrap())
+        .collect();
+    numbers.sort();
+    assert_eq!(numbers, (1..=2 * EACH as u64).collect::<Vec<_>>());
+    assert_eq!(index.next_version, 2 * EACH as u64 + 1);
+
+    // The primitive itself, against the emulator: a stale ETag and a
+    // create over an existing index are refused; nothing is written.
+    use airlock::store::{IndexRead, Store as _};
+    let IndexRead::Changed { index, tag } =
+        stores[0].read_index_if_changed("digits", None).unwrap()
+    else {
+        panic!("the index exists");
+    };
+    let mut a = index.clone();
+    a.loaded = false;
+    assert!(stores[0].write_index_if(&a, Some(&tag)).unwrap());
+    let mut b = index.clone();
+    b.next_version += 100;
+    assert!(!stores[1].write_index_if(&b, Some(&tag)).unwrap(), "stale");
+    assert!(!stores[1].write_index_if(&b, None).unwrap(), "exists");
+    let now = stores[1].read_index("digits").unwrap().unwrap();
+    assert_eq!(now, a);
+}

@@ -113,12 +113,28 @@ async fn recorded_upload_events_use_the_gateway_iam_authorisation() {
         "{body}"
     );
 
-    // With a token configured, a caller without one is asked for it.
+    // A SigV4 `Authorization` header is no authorisation by itself: API
+    // Gateway checks the signature and refuses a bad or missing one (403)
+    // before the function runs; the host does not check signatures and
+    // only trusts the IAM context API Gateway adds after its check.
+    let mut signed = event("upload-no-iam");
+    signed["headers"]["authorization"] = "AWS4-HMAC-SHA256 \
+        Credential=AKIDEXAMPLE/20241126/eu-west-1/execute-api/aws4_request, \
+        SignedHeaders=host;x-amz-date, Signature=0000"
+        .into();
+    signed["headers"]["x-amz-date"] = "20241126T000000Z".into();
+    let (response, _) = invoke(&service, signed.clone()).await;
+    assert_eq!(response["statusCode"], 403, "{response}");
+
+    // With a token configured, a caller without one is asked for it, and a
+    // signature is not a token.
     let (host, _data) = lambda_host(Some("lambda-token"));
     let service = LambdaService::new(host, None);
     let (response, _) = invoke(&service, event("upload-no-iam")).await;
     assert_eq!(response["statusCode"], 401, "{response}");
     assert_eq!(response["headers"]["www-authenticate"], "Bearer");
+    let (response, _) = invoke(&service, signed).await;
+    assert_eq!(response["statusCode"], 401, "{response}");
 }
 
 #[tokio::test(flavor = "multi_thread")]

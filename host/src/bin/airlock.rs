@@ -85,6 +85,20 @@ enum Command {
     },
 }
 
+/// How `airlock` authenticates to the repository API.
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum AuthMode {
+    /// SigV4 for an API Gateway default endpoint
+    /// (`*.execute-api.<region>.amazonaws.com`), the token otherwise.
+    Auto,
+    /// The admin token (`Authorization: Bearer`).
+    Token,
+    /// AWS SigV4, for API Gateway's `AWS_IAM` routes (what `infra` deploys),
+    /// with credentials from the standard AWS chain (AWS_PROFILE,
+    /// AWS_ACCESS_KEY_ID, SSO, …). Needed for a custom domain.
+    Sigv4,
+}
+
 /// Where the repository API is and how to authenticate.
 #[derive(Args)]
 struct Remote {
@@ -98,6 +112,14 @@ struct Remote {
     /// The admin token; read from airlock-data/admin-token when unset.
     #[arg(long, env = "AIRLOCK_ADMIN_TOKEN", hide_env_values = true)]
     token: Option<String>,
+    /// How to authenticate: the admin token, or AWS SigV4 for a deployment
+    /// behind API Gateway.
+    #[arg(long, env = "AIRLOCK_AUTH", value_enum, default_value = "auto")]
+    auth: AuthMode,
+    /// The region to sign for when the server is not an
+    /// `execute-api.<region>` host name; default: AWS_REGION or the profile's.
+    #[arg(long)]
+    aws_region: Option<String>,
 }
 
 impl Remote {
@@ -106,13 +128,28 @@ impl Remote {
         let cacert = self
             .cacert
             .or_else(|| Some(local.join("tls/ca.pem")).filter(|p| p.exists()));
-        let token = match self.token {
-            Some(token) => token,
-            None => std::fs::read_to_string(local.join("admin-token"))
-                .map(|t| t.trim().to_owned())
-                .context("no admin token: set AIRLOCK_ADMIN_TOKEN or pass --token")?,
+        // An execute-api endpoint's repository routes are AWS_IAM-authorised
+        // (infra deploys them so): a token could never get through there.
+        // A custom domain could be anything, so it needs `--auth sigv4`.
+        let sigv4 = match self.auth {
+            AuthMode::Sigv4 => true,
+            AuthMode::Token => false,
+            AuthMode::Auto => airlock::sigv4::execute_api_region(&self.server).is_some(),
         };
-        airlock::client::Client::new(&self.server, cacert.as_deref(), token)
+        let auth = if sigv4 {
+            airlock::client::Auth::SigV4(airlock::sigv4::Signer::from_environment(
+                &self.server,
+                self.aws_region.as_deref(),
+            )?)
+        } else {
+            airlock::client::Auth::Token(match self.token {
+                Some(token) => token,
+                None => std::fs::read_to_string(local.join("admin-token"))
+                    .map(|t| t.trim().to_owned())
+                    .context("no admin token: set AIRLOCK_ADMIN_TOKEN or pass --token")?,
+            })
+        };
+        airlock::client::Client::new(&self.server, cacert.as_deref(), auth)
     }
 }
 

@@ -488,6 +488,9 @@ fn push_signs_for_api_gateway_as_botocore_verifies() {
     let dir = tempfile::tempdir().unwrap();
     let home = dir.path().join("home");
     std::fs::create_dir(&home).unwrap();
+    // Empty AWS config files: nothing but the environment's credentials.
+    std::fs::write(home.join("no-config"), "").unwrap();
+    std::fs::write(home.join("no-credentials"), "").unwrap();
     let (_moto, moto_url) = moto();
     let created = http().put(format!("{moto_url}/{BUCKET}")).send().unwrap();
     assert!(created.status().is_success(), "{}", created.status());
@@ -525,7 +528,7 @@ fn push_signs_for_api_gateway_as_botocore_verifies() {
         GW_SECRET,
         &home,
     );
-    assert!(ok && out.contains("uploaded version 1"), "{out}");
+    assert!(ok && out.contains("uploaded model version 1"), "{out}");
     let v2 = dir.path().join("digits-v2.wasm");
     std::fs::write(&v2, digits_v2()).unwrap();
     let policy = dir.path().join("policy.toml");
@@ -547,7 +550,7 @@ fn push_signs_for_api_gateway_as_botocore_verifies() {
         GW_SECRET,
         &home,
     );
-    assert!(ok && out.contains("uploaded version 2"), "{out}");
+    assert!(ok && out.contains("uploaded model version 2"), "{out}");
     let (ok, out) = airlock_signed(&["models", "--server", server], GW_SECRET, &home);
     assert!(ok && out.contains("digits"), "{out}");
     let (ok, out) = airlock_signed(

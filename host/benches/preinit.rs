@@ -3,7 +3,7 @@
 //! snapshot the host serves and from the component as uploaded (which
 //! parses its ONNX graph on the first `infer` of every instance).
 //!
-//! Run: `cargo bench -p host --bench preinit`. After criterion's own output
+//! Run: `cargo bench --workspace --bench preinit`. After criterion's own output
 //! it prints a table measured in one run: both costs, their ratio, and where
 //! the snapshot's time goes (instantiation, the first `infer` of a fresh
 //! instance, and a second `infer` on the same instance).

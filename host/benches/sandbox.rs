@@ -3,7 +3,7 @@
 //! the digits model at batch 1 and 64 — beside the same forward pass
 //! compiled natively from the very same source file.
 //!
-//! Run: `cargo bench -p host --bench sandbox`. After criterion's own
+//! Run: `cargo bench --workspace --bench sandbox`. After criterion's own
 //! output it prints a table with the medians and the ratio.
 
 use std::time::{Duration, Instant};

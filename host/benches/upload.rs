@@ -7,7 +7,7 @@
 //! in the bounded worker process, as `airlock serve` does. "cached": a fresh
 //! store over an artifact cache that already holds the compiled module.
 //!
-//! Run: `cargo bench -p host --bench upload` (AIRLOCK_BENCH_RUNS=N sets the
+//! Run: `cargo bench --workspace --bench upload` (AIRLOCK_BENCH_RUNS=N sets the
 //! runs per cell, default 5; the ONNX model compiles in 1 run). Prints a
 //! markdown table of medians.
 

@@ -361,7 +361,7 @@ impl<'a> Chains<'a> {
         for step in chain {
             let guard = self.resolve(step, stage)?;
             let started = Instant::now();
-            let verdict = check(&guard, &step.config_text(), &value);
+            let verdict = check(&guard, step.config_text(), &value);
             let outcome = match &verdict {
                 Ok(Verdict::Allow) => Outcome::Allow,
                 Ok(Verdict::Deny(_)) => Outcome::Deny,
@@ -369,20 +369,19 @@ impl<'a> Chains<'a> {
                 Err(_) => Outcome::Error,
             };
             self.record(&guard, stage, outcome, started);
-            let guard = step.name.clone();
             match verdict {
                 Ok(Verdict::Allow) => {}
                 Ok(Verdict::Rewrite(rewritten)) => value = rewritten,
                 Ok(Verdict::Deny(reason)) => {
                     return Err(ChainStop::Denied {
-                        guard,
+                        guard: step.name.clone(),
                         stage,
                         reason,
                     });
                 }
                 Err(error) => {
                     return Err(ChainStop::Failed {
-                        guard,
+                        guard: step.name.clone(),
                         stage,
                         error,
                     });

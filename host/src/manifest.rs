@@ -111,17 +111,44 @@ pub struct GuardRef {
     /// The guard's configuration: a string is handed over as it is, any
     /// other value as JSON text (TOML tables become JSON objects).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub config: Option<serde_json::Value>,
+    pub config: Option<GuardConfig>,
 }
 
 impl GuardRef {
     /// The configuration text the guard receives (`""` when none).
-    pub fn config_text(&self) -> String {
-        match &self.config {
-            None => String::new(),
-            Some(serde_json::Value::String(text)) => text.clone(),
-            Some(value) => value.to_string(),
-        }
+    pub fn config_text(&self) -> &str {
+        self.config.as_ref().map_or("", |config| &config.text)
+    }
+}
+
+/// A guard's configuration as the manifest gives it, and the text the
+/// guard receives, rendered once when the manifest is read rather than on
+/// every call.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GuardConfig {
+    value: serde_json::Value,
+    text: String,
+}
+
+impl From<serde_json::Value> for GuardConfig {
+    fn from(value: serde_json::Value) -> Self {
+        let text = match &value {
+            serde_json::Value::String(text) => text.clone(),
+            value => value.to_string(),
+        };
+        Self { value, text }
+    }
+}
+
+impl Serialize for GuardConfig {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        self.value.serialize(s)
+    }
+}
+
+impl<'de> Deserialize<'de> for GuardConfig {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        serde_json::Value::deserialize(d).map(Self::from)
     }
 }
 
@@ -465,6 +492,13 @@ mod tests {
         assert_eq!(request[1].version.as_deref(), Some("2"));
         assert_eq!(toml.guards.response[0].config_text(), "");
         assert_eq!(toml.policy(&defaults()).guards, toml.guards);
+        // Shown (in metadata) as the manifest gave it, not as the text.
+        assert_eq!(
+            serde_json::to_value(&toml.guards).unwrap(),
+            serde_json::json!({"request": [{"name": "pii", "config": {"kinds": ["email"]}},
+                {"name": "script", "version": "2", "config": "deny:no"}],
+                "response": [{"name": "range"}]})
+        );
 
         let err = Manifest::parse(b"[[guards.request]]\nname = \"../x\"\n").unwrap_err();
         assert!(err.contains("guards.request[0].name"), "{err}");

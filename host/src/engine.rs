@@ -683,6 +683,33 @@ impl ArtifactCache {
         Ok((compiled, CacheOutcome::Compiled))
     }
 
+    /// The compiled component or module of `digest` from a verified
+    /// artifact (local, else shared), without the bytes it was compiled
+    /// from: a stored version loads at start-up without reading its blob.
+    /// `None` when there is no usable artifact; then
+    /// [`ArtifactCache::load_or_compile`] needs the bytes.
+    pub fn load_cached(&self, runtime: &Runtime, digest: &str) -> Option<Compiled> {
+        if !(digest.len() == 64 && digest.bytes().all(|b| b.is_ascii_hexdigit())) {
+            return None;
+        }
+        let artifact = self.dir.join(format!("{digest}.cwasm"));
+        let sidecar = self.dir.join(format!("{digest}.cwasm.xxh3"));
+        if !artifact.exists() && !self.fetch_shared(digest, &artifact, &sidecar) {
+            return None;
+        }
+        // Which of the two it is, from the artifact's header; the checksum
+        // and wasmtime's own checks follow in `load_verified`.
+        match Engine::detect_precompiled_file(&artifact) {
+            Ok(Some(wasmtime::Precompiled::Component)) => self
+                .load_verified(runtime, &artifact, &sidecar)
+                .map(Compiled::Component),
+            Ok(Some(wasmtime::Precompiled::Module)) => self
+                .load_verified(runtime, &artifact, &sidecar)
+                .map(Compiled::Module),
+            Ok(None) | Err(_) => None,
+        }
+    }
+
     /// Copies the shared artifact of `digest`, if there is one and its bytes
     /// match its recorded checksum, into the local directory. Never
     /// deserializes anything: the local copy goes through `load_verified`.
@@ -743,6 +770,14 @@ impl ArtifactCache {
             }
         }
     }
+}
+
+/// What [`ArtifactCache::load_cached`] found.
+pub enum Compiled {
+    /// A component.
+    Component(Component),
+    /// A core module (a WASI preview 1 command).
+    Module(wasmtime::Module),
 }
 
 /// Why [`ArtifactCache::load_or_compile`] failed.

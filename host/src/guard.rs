@@ -32,10 +32,13 @@ use crate::bindings::{
 use wasmtime::component::Component;
 
 use crate::decisions::{DecisionLog, Outcome, Stage};
-use crate::engine::{ArtifactCache, GuestFailure, Limits, Runtime, classify, sha256_hex};
+use crate::engine::{
+    ArtifactCache, CacheOutcome, Compiled, GuestFailure, Limits, Runtime, classify, sha256_hex,
+};
 use crate::manifest::GuardRef;
 use crate::model::{LoadError, LoadReport, LoadedModel, WasmKind, check_imports, wasm_kind};
 use crate::registry::Registry;
+use crate::store::VersionRecord;
 
 /// Why a guard call gave no usable decision.
 #[derive(Debug, thiserror::Error)]
@@ -109,9 +112,57 @@ impl LoadedGuard {
             }
         }
         let digest = sha256_hex(wasm);
-        let (component, outcome) = cache
+        let compiled = cache
             .load_or_compile::<Component>(runtime, &digest, wasm, &limits)
             .map_err(LoadError::from_artifact)?;
+        Self::assemble(runtime, name, version, digest, compiled, limits, start)
+    }
+
+    /// A stored version of guard `name`: from its compiled artifact when a
+    /// verified one is cached, without reading the component's bytes; else
+    /// as [`LoadedGuard::load`] on the bytes `fetch` returns (see
+    /// [`LoadedModel::load_stored`]).
+    pub fn load_stored(
+        runtime: &Runtime,
+        cache: &ArtifactCache,
+        name: &str,
+        record: &VersionRecord,
+        fetch: impl FnOnce() -> anyhow::Result<Vec<u8>>,
+        limits: Limits,
+    ) -> Result<(Self, LoadReport), LoadError> {
+        let start = Instant::now();
+        match cache.load_cached(runtime, &record.sha256) {
+            Some(Compiled::Component(component)) => {
+                let compiled = (component, CacheOutcome::Hit);
+                let digest = record.sha256.clone();
+                Self::assemble(
+                    runtime,
+                    name,
+                    &record.version,
+                    digest,
+                    compiled,
+                    limits,
+                    start,
+                )
+            }
+            // A core module is no guard: `load` says so.
+            Some(Compiled::Module(_)) | None => {
+                let wasm = fetch().map_err(LoadError::Fetch)?;
+                Self::load(runtime, cache, name, &record.version, &wasm, limits)
+            }
+        }
+    }
+
+    /// Links a compiled guard and instantiates it once (see [`LoadedGuard::load`]).
+    fn assemble(
+        runtime: &Runtime,
+        name: &str,
+        version: &str,
+        digest: String,
+        (component, outcome): (Component, CacheOutcome),
+        limits: Limits,
+        start: Instant,
+    ) -> Result<(Self, LoadReport), LoadError> {
         let compile = start.elapsed();
         check_imports(runtime, &component)?;
 

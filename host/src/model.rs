@@ -9,10 +9,11 @@ use wasmtime::component::Component;
 
 use crate::bindings::{GuestError, InferRequest, InferResponse, Model, ModelMetadata, ModelPre};
 use crate::engine::{
-    ArtifactCache, ArtifactError, CacheOutcome, CommandState, GuestFailure, Limits, Runtime,
-    SandboxState, classify, sha256_hex,
+    ArtifactCache, ArtifactError, CacheOutcome, CommandState, Compiled, GuestFailure, Limits,
+    Runtime, SandboxState, classify, sha256_hex,
 };
 use crate::manifest::{Manifest, Policy};
+use crate::store::VersionRecord;
 
 /// Why a component could not be loaded as a model.
 #[derive(Debug, thiserror::Error)]
@@ -55,6 +56,9 @@ pub enum LoadError {
     /// `metadata()` answered something unusable.
     #[error("invalid model metadata: {0}")]
     InvalidMetadata(String),
+    /// Reading a stored version's bytes failed (the host's fault).
+    #[error("failed to read the stored component: {0:#}")]
+    Fetch(anyhow::Error),
     /// Storing the compiled artifact failed (the host's fault).
     #[error("failed to cache the compiled component: {0:#}")]
     Cache(anyhow::Error),
@@ -74,7 +78,7 @@ impl LoadError {
 
     /// Whether the upload is at fault (a 4xx), rather than the host (a 5xx).
     pub fn is_input_fault(&self) -> bool {
-        !matches!(self, Self::Cache(_))
+        !matches!(self, Self::Cache(_) | Self::Fetch(_))
     }
 }
 
@@ -137,51 +141,100 @@ impl LoadedModel {
         policy: Policy,
     ) -> Result<(Self, LoadReport), LoadError> {
         let start = Instant::now();
-        let command_metadata = manifest.and_then(|m| m.metadata.as_ref());
         let digest = sha256_hex(wasm);
         let limits = policy.limits;
-        let compile;
-        let (backend, metadata, outcome) = match wasm_kind(wasm) {
+        // The manifest is checked against the kind before anything compiles.
+        let (compiled, declared) = match wasm_kind(wasm) {
             WasmKind::Component => {
-                if command_metadata.is_some() {
-                    return Err(LoadError::Manifest(
-                        "`metadata` in a manifest is for WASI preview 1 command modules; \
-                         a component declares its own through metadata()"
-                            .into(),
-                    ));
-                }
+                let declared = declared_metadata(true, name, manifest)?;
                 let (component, outcome) = cache
                     .load_or_compile::<Component>(runtime, &digest, wasm, &limits)
                     .map_err(LoadError::from_artifact)?;
-                compile = start.elapsed();
-                let (pre, metadata) = link_component(runtime, &component, &limits)?;
-                (Backend::Component(pre), metadata, outcome)
+                ((Compiled::Component(component), outcome), declared)
             }
             WasmKind::CoreModule => {
-                let Some(declared) = command_metadata else {
-                    return Err(LoadError::NotAComponent(
-                        "this is a core WebAssembly module: upload it with a manifest whose \
-                         [metadata] declares its inputs and outputs (a WASI preview 1 command \
-                         reading the request JSON on stdin), or build a component of the \
-                         `airlock:inference` `model` world"
-                            .into(),
-                    ));
-                };
-                let metadata = declared
-                    .to_model_metadata(name)
-                    .map_err(LoadError::Manifest)?;
+                let declared = declared_metadata(false, name, manifest)?;
                 let (module, outcome) = cache
                     .load_or_compile::<wasmtime::Module>(runtime, &digest, wasm, &limits)
                     .map_err(LoadError::from_artifact)?;
-                compile = start.elapsed();
-                let pre = link_command(runtime, &module, &limits)?;
-                (Backend::Command(pre), metadata, outcome)
+                ((Compiled::Module(module), outcome), declared)
             }
             WasmKind::NotWasm => {
                 return Err(LoadError::NotAComponent(
                     "the bytes are not WebAssembly (no \\0asm preamble)".into(),
                 ));
             }
+        };
+        Self::assemble(
+            runtime, name, version, digest, compiled, declared, policy, start,
+        )
+    }
+
+    /// A stored version of `name`: from its compiled artifact when a
+    /// verified one is cached (locally, or in a store that shares
+    /// artifacts) without reading the component's bytes, which a process
+    /// start would otherwise download for every version; else as
+    /// [`LoadedModel::load`] on the bytes `fetch` returns.
+    pub fn load_stored(
+        runtime: &Runtime,
+        cache: &ArtifactCache,
+        name: &str,
+        record: &VersionRecord,
+        fetch: impl FnOnce() -> anyhow::Result<Vec<u8>>,
+        policy: Policy,
+    ) -> Result<(Self, LoadReport), LoadError> {
+        let start = Instant::now();
+        let manifest = record.manifest.as_ref();
+        let Some(compiled) = cache.load_cached(runtime, &record.sha256) else {
+            let wasm = fetch().map_err(LoadError::Fetch)?;
+            return Self::load(
+                runtime,
+                cache,
+                name,
+                &record.version,
+                &wasm,
+                manifest,
+                policy,
+            );
+        };
+        let is_component = matches!(compiled, Compiled::Component(_));
+        let declared = declared_metadata(is_component, name, manifest)?;
+        Self::assemble(
+            runtime,
+            name,
+            &record.version,
+            record.sha256.clone(),
+            (compiled, CacheOutcome::Hit),
+            declared,
+            policy,
+            start,
+        )
+    }
+
+    /// Links a compiled model and reads its metadata (see [`LoadedModel::load`]).
+    #[allow(clippy::too_many_arguments)]
+    fn assemble(
+        runtime: &Runtime,
+        name: &str,
+        version: &str,
+        digest: String,
+        (compiled, outcome): (Compiled, CacheOutcome),
+        declared: Option<ModelMetadata>,
+        policy: Policy,
+        start: Instant,
+    ) -> Result<(Self, LoadReport), LoadError> {
+        let compile = start.elapsed();
+        let limits = policy.limits;
+        let (backend, metadata) = match (compiled, declared) {
+            (Compiled::Component(component), _) => {
+                let (pre, metadata) = link_component(runtime, &component, &limits)?;
+                (Backend::Component(pre), metadata)
+            }
+            (Compiled::Module(module), Some(metadata)) => (
+                Backend::Command(link_command(runtime, &module, &limits)?),
+                metadata,
+            ),
+            (Compiled::Module(_), None) => return Err(command_without_metadata()),
         };
 
         let model = Self {
@@ -479,6 +532,40 @@ pub enum WasmKind {
     CoreModule,
     /// Anything else.
     NotWasm,
+}
+
+/// The metadata a manifest declares for a command module (`None` for a
+/// component, which declares its own); an error when the manifest does not
+/// fit the kind.
+fn declared_metadata(
+    is_component: bool,
+    name: &str,
+    manifest: Option<&Manifest>,
+) -> Result<Option<ModelMetadata>, LoadError> {
+    let declared = manifest.and_then(|m| m.metadata.as_ref());
+    match (is_component, declared) {
+        (true, None) => Ok(None),
+        (true, Some(_)) => Err(LoadError::Manifest(
+            "`metadata` in a manifest is for WASI preview 1 command modules; \
+             a component declares its own through metadata()"
+                .into(),
+        )),
+        (false, Some(declared)) => declared
+            .to_model_metadata(name)
+            .map(Some)
+            .map_err(LoadError::Manifest),
+        (false, None) => Err(command_without_metadata()),
+    }
+}
+
+fn command_without_metadata() -> LoadError {
+    LoadError::NotAComponent(
+        "this is a core WebAssembly module: upload it with a manifest whose \
+         [metadata] declares its inputs and outputs (a WASI preview 1 command \
+         reading the request JSON on stdin), or build a component of the \
+         `airlock:inference` `model` world"
+            .into(),
+    )
 }
 
 /// Tells components, core modules and other bytes apart by the preamble.

@@ -573,43 +573,32 @@ impl Host {
             return Ok(());
         }
         match index.kind {
-            Kind::Model => publish_into(
-                &self.registry,
-                index,
-                |record, wasm| {
-                    let policy = self.policy_for(record.manifest.as_ref())?;
-                    LoadedModel::load(
-                        &self.runtime,
-                        &self.cache,
-                        &index.name,
-                        &record.version,
-                        wasm,
-                        record.manifest.as_ref(),
-                        policy,
-                    )
-                    .map(|(model, _)| model)
-                    .map_err(RepoError::from)
-                },
-                &*self.store,
-            ),
-            Kind::Guard => publish_into(
-                &self.guards,
-                index,
-                |record, wasm| {
-                    let policy = self.policy_for(record.manifest.as_ref())?;
-                    LoadedGuard::load(
-                        &self.runtime,
-                        &self.cache,
-                        &index.name,
-                        &record.version,
-                        wasm,
-                        policy.limits,
-                    )
-                    .map(|(guard, _)| guard)
-                    .map_err(RepoError::from)
-                },
-                &*self.store,
-            ),
+            Kind::Model => publish_into(&self.registry, index, &*self.store, |record, fetch| {
+                let policy = self.policy_for(record.manifest.as_ref())?;
+                LoadedModel::load_stored(
+                    &self.runtime,
+                    &self.cache,
+                    &index.name,
+                    record,
+                    fetch,
+                    policy,
+                )
+                .map(|(model, _)| model)
+                .map_err(RepoError::from)
+            }),
+            Kind::Guard => publish_into(&self.guards, index, &*self.store, |record, fetch| {
+                let policy = self.policy_for(record.manifest.as_ref())?;
+                LoadedGuard::load_stored(
+                    &self.runtime,
+                    &self.cache,
+                    &index.name,
+                    record,
+                    fetch,
+                    policy.limits,
+                )
+                .map(|(guard, _)| guard)
+                .map_err(RepoError::from)
+            }),
         }
     }
 }
@@ -622,12 +611,13 @@ enum Loaded {
 
 /// Makes `registry` match `index`: every version loaded with `load`
 /// (reusing the ones already in memory with the same digest), the active
-/// one answering by default.
+/// one answering by default. `load` gets the way to read a version's bytes
+/// from the store, needed only when its compiled artifact is not cached.
 fn publish_into<T: Versioned>(
     registry: &Registry<T>,
     index: &ModelIndex,
-    load: impl Fn(&VersionRecord, &[u8]) -> Result<T, RepoError>,
     store: &dyn crate::store::Store,
+    load: impl Fn(&VersionRecord, &dyn Fn() -> anyhow::Result<Vec<u8>>) -> Result<T, RepoError>,
 ) -> Result<(), RepoError> {
     let current = registry.entry(&index.name);
     let mut loaded = Vec::with_capacity(index.versions.len());
@@ -640,8 +630,7 @@ fn publish_into<T: Versioned>(
         let item = match reused {
             Some(item) => item,
             None => {
-                let wasm = store.get_blob(&record.sha256)?;
-                let item = load(record, &wasm).map_err(|e| {
+                let item = load(record, &|| store.get_blob(&record.sha256)).map_err(|e| {
                     RepoError::Storage(anyhow::anyhow!(
                         "stored version {} of {:?} no longer loads: {e}",
                         record.version,

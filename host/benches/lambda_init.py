@@ -20,7 +20,8 @@ binaries and installs the emulators into target/test-venv):
         [--models digits] [--cases local] [--phases]
 
 `--phases` also prints, per run, the function's own account of its init
-(engine set-up, model loading, total) from its JSON log.
+(engine set-up and, alongside it, store listing and index reads, then
+model loading, and the total) from its JSON log.
 """
 
 import argparse
@@ -38,7 +39,9 @@ import urllib.request
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 VENV = os.path.join(ROOT, "target", "test-venv", "bin")
-BOOTSTRAP = os.path.join(ROOT, "target", "release", "bootstrap")
+# AIRLOCK_BOOTSTRAP: another build to time (e.g. before a change).
+BOOTSTRAP = os.environ.get("AIRLOCK_BOOTSTRAP",
+                           os.path.join(ROOT, "target", "release", "bootstrap"))
 AIRLOCK = os.path.join(ROOT, "target", "release", "airlock")
 GUESTS = os.path.join(ROOT, "target", "wasm-guests", "wasm32-wasip2", "release")
 BUCKET = "airlock-init"
@@ -135,7 +138,7 @@ def first_response_ms(port, env, path, body, phases=False):
             fields = json.loads(line).get("fields", {})
         except ValueError:
             continue
-        for key in ("engine_ms", "models_ms", "init_ms"):
+        for key in ("engine_ms", "store_ms", "models_ms", "init_ms"):
             if key in fields:
                 figures[key] = fields[key]
     return elapsed, figures

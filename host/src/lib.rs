@@ -43,6 +43,7 @@ pub mod tls;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 
@@ -51,6 +52,7 @@ pub use crate::guard::{ChainStop, Chains, GuardError, LoadedGuard};
 pub use crate::model::{LoadError, LoadReport, LoadedModel};
 pub use crate::registry::Registry;
 pub use crate::repository::{RepoError, Upload, UploadReport};
+pub use crate::sync::RefreshReport;
 
 /// Settings of a host.
 #[derive(Debug, Clone)]
@@ -103,6 +105,34 @@ impl HostConfig {
     }
 }
 
+/// The store `config` names: S3 for `s3://…`, else the data directory.
+fn open_store(config: &HostConfig) -> anyhow::Result<Arc<dyn store::Store>> {
+    Ok(match config.store_url.as_deref() {
+        None => Arc::new(store::FsStore::new(&config.data_dir)),
+        Some(url) if url.starts_with("s3://") => Arc::new(
+            s3store::S3Store::connect(url)
+                .with_context(|| format!("failed to open the model store {url}"))?,
+        ),
+        Some(other) => anyhow::bail!(
+            "unsupported model store {other:?}: use s3://BUCKET/PREFIX, or leave it unset for the data directory"
+        ),
+    })
+}
+
+/// What [`Host::open`] did, and how long each part took.
+#[derive(Debug, Clone)]
+pub struct Opened {
+    /// The models it loaded (and any it could not).
+    pub refresh: RefreshReport,
+    /// Engine set-up, from the start of `open`.
+    pub engine: Duration,
+    /// Opening the store and reading every index, from the start of `open`
+    /// (concurrently with the engine).
+    pub store: Duration,
+    /// Loading the models, once both were done.
+    pub models: Duration,
+}
+
 /// A runtime, its artifact cache and the models it serves.
 #[derive(Clone)]
 pub struct Host {
@@ -122,16 +152,7 @@ pub struct Host {
 impl Host {
     /// Builds the engine (one per process is plenty) and an empty registry.
     pub fn new(config: HostConfig) -> anyhow::Result<Self> {
-        let store: Arc<dyn store::Store> = match config.store_url.as_deref() {
-            None => Arc::new(store::FsStore::new(&config.data_dir)),
-            Some(url) if url.starts_with("s3://") => Arc::new(
-                s3store::S3Store::connect(url)
-                    .with_context(|| format!("failed to open the model store {url}"))?,
-            ),
-            Some(other) => anyhow::bail!(
-                "unsupported model store {other:?}: use s3://BUCKET/PREFIX, or leave it unset for the data directory"
-            ),
-        };
+        let store = open_store(&config)?;
         Self::with_store(config, store)
     }
 
@@ -139,13 +160,60 @@ impl Host {
     pub fn with_store(config: HostConfig, store: Arc<dyn store::Store>) -> anyhow::Result<Self> {
         let runtime = Runtime::with_compiler(&config.engine, config.compiler.clone())
             .context("failed to create the wasm engine")?;
+        Ok(Self::assemble(config, store, runtime))
+    }
+
+    /// [`Host::new`] then [`Host::refresh`], as a process start needs them,
+    /// with the engine set up on one thread while the store is opened,
+    /// listed and read on another: the engine is CPU and the store is round
+    /// trips (to S3 on Lambda), so the start waits for the longer of the
+    /// two rather than their sum.
+    pub fn open(config: HostConfig) -> anyhow::Result<(Self, Opened)> {
+        let started = Instant::now();
+        let (runtime, store, contents) = std::thread::scope(|scope| {
+            let engine = scope.spawn(|| {
+                let runtime = Runtime::with_compiler(&config.engine, config.compiler.clone())
+                    .context("failed to create the wasm engine");
+                (runtime, started.elapsed())
+            });
+            let store = open_store(&config);
+            let contents = store.as_ref().ok().map(|store| {
+                sync::StoreContents::read(&**store)
+                    .with_context(|| format!("failed to read the model store {}", store.location()))
+            });
+            let (runtime, engine) = engine
+                .join()
+                .unwrap_or_else(|p| std::panic::resume_unwind(p));
+            (
+                runtime.map(|r| (r, engine)),
+                store,
+                (contents, started.elapsed()),
+            )
+        });
+        let (runtime, engine) = runtime?;
+        let store = store?;
+        let (contents, store_read) = contents;
+        let contents = contents.expect("read once the store opened")?;
+        let host = Self::assemble(config, store, runtime);
+        let loading = Instant::now();
+        let refresh = host.refresh_from(contents);
+        let opened = Opened {
+            refresh,
+            engine,
+            store: store_read,
+            models: loading.elapsed(),
+        };
+        Ok((host, opened))
+    }
+
+    fn assemble(config: HostConfig, store: Arc<dyn store::Store>, runtime: Runtime) -> Self {
         let artifacts = config
             .artifacts_dir
             .clone()
             .unwrap_or_else(|| config.data_dir.join("artifacts"));
         let cache =
             engine::ArtifactCache::new(&artifacts, &runtime).with_shared(Arc::clone(&store));
-        Ok(Self {
+        Self {
             runtime,
             cache,
             registry: Arc::new(Registry::new()),
@@ -155,7 +223,7 @@ impl Host {
             config,
             write_lock: Arc::default(),
             seen: Arc::default(),
-        })
+        }
     }
 
     /// The model store.

@@ -15,6 +15,40 @@ use crate::Host;
 use crate::RepoError;
 use crate::store::IndexRead;
 
+/// Every index of a store, read without a host (no engine needed), as a
+/// process start reads them while its engine is being set up.
+pub(crate) struct StoreContents(Vec<(String, IndexRead)>);
+
+impl StoreContents {
+    /// Lists `store` and reads each index.
+    /// Lists `store` and reads every index, several at a time: each is a
+    /// round trip to S3, and a start waits for all of them.
+    pub(crate) fn read(store: &dyn crate::store::Store) -> Result<Self, RepoError> {
+        let names = store.list()?;
+        let mut reads = Vec::with_capacity(names.len());
+        for batch in names.chunks(16) {
+            let found: Vec<anyhow::Result<IndexRead>> = std::thread::scope(|scope| {
+                let reading: Vec<_> = batch
+                    .iter()
+                    .map(|name| scope.spawn(move || store.read_index_if_changed(name, None)))
+                    .collect();
+                reading
+                    .into_iter()
+                    .map(|thread| {
+                        thread
+                            .join()
+                            .unwrap_or_else(|p| std::panic::resume_unwind(p))
+                    })
+                    .collect()
+            });
+            for (name, read) in batch.iter().zip(found) {
+                reads.push((name.clone(), read?));
+            }
+        }
+        Ok(Self(reads))
+    }
+}
+
 /// What a host last saw of the store.
 #[derive(Debug, Default)]
 pub(crate) struct Seen {
@@ -49,42 +83,67 @@ impl Host {
             // meanwhile is not overwritten by an index read just before it.
             let _guard = self.lock();
             let known = self.seen_tag(name);
-            match self.store.read_index_if_changed(name, known.as_deref())? {
-                IndexRead::Unchanged => {}
-                IndexRead::Missing => {
-                    self.unpublish(name);
-                    self.forget(name);
-                }
-                IndexRead::Changed { index, tag } => {
-                    let index = if index.active.is_none() {
-                        // Nothing to answer with: not served (as `restore`).
-                        crate::store::ModelIndex {
-                            loaded: false,
-                            ..index
-                        }
-                    } else {
-                        index
-                    };
-                    match self.publish(&index) {
-                        Ok(()) => {
-                            tracing::info!(
-                                model = %name,
-                                active = index.active.as_deref().unwrap_or(""),
-                                loaded = index.loaded,
-                                "model index changed in the store; published"
-                            );
-                            self.remember(name, tag);
-                            report.updated.push(name.clone());
-                        }
-                        Err(error) => {
-                            tracing::error!(model = %name, error = format!("{error:#}"), "failed to publish a changed model index");
-                            report.failed.push(name.clone());
-                        }
+            let read = self.store.read_index_if_changed(name, known.as_deref())?;
+            self.apply(name, read, &mut report);
+        }
+        self.drop_gone(&names, &mut report);
+        Ok(report)
+    }
+
+    /// [`Host::refresh`] of a host that has seen nothing yet, from a
+    /// [`StoreContents`] read beforehand (see [`Host::open`]).
+    pub(crate) fn refresh_from(&self, contents: StoreContents) -> RefreshReport {
+        let mut report = RefreshReport::default();
+        let names: Vec<String> = contents.0.iter().map(|(name, _)| name.clone()).collect();
+        for (name, read) in contents.0 {
+            let _guard = self.lock();
+            self.apply(&name, read, &mut report);
+        }
+        self.drop_gone(&names, &mut report);
+        report
+    }
+
+    /// Publishes what the read of `name`'s index found.
+    fn apply(&self, name: &str, read: IndexRead, report: &mut RefreshReport) {
+        match read {
+            IndexRead::Unchanged => {}
+            IndexRead::Missing => {
+                self.unpublish(name);
+                self.forget(name);
+            }
+            IndexRead::Changed { index, tag } => {
+                let index = if index.active.is_none() {
+                    // Nothing to answer with: not served (as `restore`).
+                    crate::store::ModelIndex {
+                        loaded: false,
+                        ..index
+                    }
+                } else {
+                    index
+                };
+                match self.publish(&index) {
+                    Ok(()) => {
+                        tracing::info!(
+                            model = %name,
+                            active = index.active.as_deref().unwrap_or(""),
+                            loaded = index.loaded,
+                            "model index changed in the store; published"
+                        );
+                        self.remember(name, tag);
+                        report.updated.push(name.to_owned());
+                    }
+                    Err(error) => {
+                        tracing::error!(model = %name, error = format!("{error:#}"), "failed to publish a changed model index");
+                        report.failed.push(name.to_owned());
                     }
                 }
             }
         }
-        // Models this host took from the store that the store no longer has.
+    }
+
+    /// Drops the models this host took from the store that the store, now
+    /// holding `names`, no longer has.
+    fn drop_gone(&self, names: &[String], report: &mut RefreshReport) {
         let gone: Vec<String> = {
             let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
             let gone: Vec<String> = seen
@@ -104,7 +163,6 @@ impl Host {
             self.unpublish(&name);
             report.removed.push(name);
         }
-        Ok(report)
     }
 
     /// Runs [`Host::refresh`] when the last look at the store is at least

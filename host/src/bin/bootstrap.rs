@@ -2,15 +2,14 @@
 //! Gateway v2 HTTP API. The same router as `airlock serve`; models come
 //! from the store named by `AIRLOCK_STORE` (S3 on Lambda).
 //!
-//! Everything is set up once, before the first event: the engine, the
-//! store, every model (its compiled artifact from /tmp, else from the store,
-//! else compiled). Configuration is environment only (Lambda passes no
+//! Everything is set up once, before the first event: the engine, and
+//! meanwhile the store and its indexes, then every model (its compiled
+//! artifact from /tmp, else from the store, else compiled). Configuration is environment only (Lambda passes no
 //! arguments).
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use anyhow::Context as _;
 use clap::Parser;
 
 #[derive(Parser)]
@@ -93,19 +92,15 @@ async fn run(config: Config, started: Instant) -> anyhow::Result<()> {
     );
 
     let host = tokio::task::spawn_blocking(move || -> anyhow::Result<airlock::Host> {
-        let phase = Instant::now();
-        let host = airlock::Host::new(host_config)?;
-        let engine_ms = phase.elapsed().as_secs_f64() * 1e3;
-        let phase = Instant::now();
-        let report = host
-            .refresh()
-            .with_context(|| format!("failed to load models from {}", host.store().location()))?;
+        let (host, opened) = airlock::Host::open(host_config)?;
+        let ms = |d: Duration| d.as_secs_f64() * 1e3;
         tracing::info!(
             store = %host.store().location(),
-            models = ?report.updated,
-            failed = ?report.failed,
-            engine_ms,
-            models_ms = phase.elapsed().as_secs_f64() * 1e3,
+            models = ?opened.refresh.updated,
+            failed = ?opened.refresh.failed,
+            engine_ms = ms(opened.engine),
+            store_ms = ms(opened.store),
+            models_ms = ms(opened.models),
             "models loaded"
         );
         Ok(host)

@@ -6,7 +6,8 @@
 //! Run: `cargo bench --workspace --bench sandbox`. After criterion's own
 //! output it prints a table with the medians and the ratios: the sandbox's
 //! per-request cost, and the wasm/native ratio of the model kernel alone
-//! (one instance, `infer` called again and again).
+//! (one instance, `infer` called again and again). `AIRLOCK_BENCH_DIGITS`
+//! names another build of the digits component to measure instead.
 
 use std::time::{Duration, Instant};
 
@@ -36,10 +37,18 @@ fn request(batch: usize) -> InferRequest {
     }
 }
 
+/// The digits component measured: this build's, or the one at
+/// `$AIRLOCK_BENCH_DIGITS` (to compare with another build of the guest).
+fn digits_wasm() -> std::path::PathBuf {
+    std::env::var_os("AIRLOCK_BENCH_DIGITS")
+        .map(Into::into)
+        .unwrap_or_else(|| airlock_artifacts::DIGITS.into())
+}
+
 fn host() -> Host {
     let dir = std::env::temp_dir().join("airlock-bench-data");
     let host = Host::new(HostConfig::new(dir)).expect("engine");
-    host.load_file("digits", airlock_artifacts::DIGITS.as_ref())
+    host.load_file("digits", &digits_wasm())
         .expect("load digits");
     host
 }
@@ -91,7 +100,7 @@ struct Kept {
 
 impl Kept {
     fn new(host: &Host) -> Self {
-        let wasm = std::fs::read(airlock_artifacts::DIGITS).expect("digits.wasm");
+        let wasm = std::fs::read(digits_wasm()).expect("digits.wasm");
         let cache = airlock::engine::ArtifactCache::new(
             &host.config().data_dir.join("artifacts"),
             host.runtime(),
@@ -113,6 +122,9 @@ impl Kept {
             .expect("digits links");
         let pre = airlock::bindings::ModelPre::new(pre).expect("digits is a model");
         let mut store = host.runtime().new_store(limits);
+        // A request's deadline is for one request; this store serves the
+        // whole measurement.
+        store.set_epoch_deadline(1 << 40);
         let model = pre.instantiate(&mut store).expect("digits instantiates");
         Self { store, model }
     }

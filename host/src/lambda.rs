@@ -16,6 +16,7 @@
 use std::convert::Infallible;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -29,7 +30,9 @@ use crate::admin::GatewayAuthorized;
 /// The Lambda request handler over a host's router.
 #[derive(Clone)]
 pub struct LambdaService {
-    host: Host,
+    /// Shared, not cloned, per event: cloning a `Host` copies its
+    /// configuration.
+    host: Arc<Host>,
     router: axum::Router,
     refresh_every: Option<Duration>,
 }
@@ -40,7 +43,7 @@ impl LambdaService {
     pub fn new(host: Host, refresh_every: Option<Duration>) -> Self {
         let router = host.router();
         Self {
-            host,
+            host: Arc::new(host),
             router,
             refresh_every,
         }
@@ -57,7 +60,7 @@ impl tower::Service<lambda_http::Request> for LambdaService {
     }
 
     fn call(&mut self, mut request: lambda_http::Request) -> Self::Future {
-        let host = self.host.clone();
+        let host = Arc::clone(&self.host);
         let router = self.router.clone();
         let refresh_every = self.refresh_every;
         Box::pin(async move {

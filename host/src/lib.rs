@@ -268,7 +268,7 @@ impl Host {
     /// The HTTP router over this host's models.
     pub fn router(&self) -> axum::Router {
         api::router(api::AppState {
-            host: self.clone(),
+            host: Arc::new(self.clone()),
             registry: Arc::clone(&self.registry),
             max_body_bytes: self.config.max_body_bytes,
         })

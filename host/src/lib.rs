@@ -170,30 +170,25 @@ impl Host {
     /// two rather than their sum.
     pub fn open(config: HostConfig) -> anyhow::Result<(Self, Opened)> {
         let started = Instant::now();
-        let (runtime, store, contents) = std::thread::scope(|scope| {
+        let (runtime, opened_store) = std::thread::scope(|scope| {
             let engine = scope.spawn(|| {
-                let runtime = Runtime::with_compiler(&config.engine, config.compiler.clone())
-                    .context("failed to create the wasm engine");
-                (runtime, started.elapsed())
+                Runtime::with_compiler(&config.engine, config.compiler.clone())
+                    .context("failed to create the wasm engine")
+                    .map(|runtime| (runtime, started.elapsed()))
             });
-            let store = open_store(&config);
-            let contents = store.as_ref().ok().map(|store| {
-                sync::StoreContents::read(&**store)
-                    .with_context(|| format!("failed to read the model store {}", store.location()))
+            let opened_store = open_store(&config).and_then(|store| {
+                let contents = sync::StoreContents::read(&*store).with_context(|| {
+                    format!("failed to read the model store {}", store.location())
+                })?;
+                Ok((store, contents, started.elapsed()))
             });
-            let (runtime, engine) = engine
+            let runtime = engine
                 .join()
                 .unwrap_or_else(|p| std::panic::resume_unwind(p));
-            (
-                runtime.map(|r| (r, engine)),
-                store,
-                (contents, started.elapsed()),
-            )
+            (runtime, opened_store)
         });
         let (runtime, engine) = runtime?;
-        let store = store?;
-        let (contents, store_read) = contents;
-        let contents = contents.expect("read once the store opened")?;
+        let (store, contents, store_read) = opened_store?;
         let host = Self::assemble(config, store, runtime);
         let loading = Instant::now();
         let refresh = host.refresh_from(contents);

@@ -20,7 +20,6 @@ use crate::store::IndexRead;
 pub(crate) struct StoreContents(Vec<(String, IndexRead)>);
 
 impl StoreContents {
-    /// Lists `store` and reads each index.
     /// Lists `store` and reads every index, several at a time: each is a
     /// round trip to S3, and a start waits for all of them.
     pub(crate) fn read(store: &dyn crate::store::Store) -> Result<Self, RepoError> {

@@ -7,6 +7,7 @@
 //! it prints a table measured in one run: both costs, their ratio, and where
 //! the snapshot's time goes (instantiation, the first `infer` of a fresh
 //! instance, and a second `infer` on the same instance).
+//! `AIRLOCK_BENCH_DIGITS_ONNX=<path>` measures another build of the guest.
 
 use std::time::{Duration, Instant};
 
@@ -34,7 +35,11 @@ fn request() -> InferRequest {
 /// into a directory under the system's temp dir and mapped afterwards.
 fn models(runtime: &Runtime) -> (ModelPre<SandboxState>, ModelPre<SandboxState>) {
     let root = std::env::temp_dir().join("airlock-bench-preinit");
-    let wasm = std::fs::read(airlock_artifacts::DIGITS_ONNX).expect("the ONNX guest");
+    // `AIRLOCK_BENCH_DIGITS_ONNX` names another build of the guest to measure.
+    let path = std::env::var_os("AIRLOCK_BENCH_DIGITS_ONNX")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| airlock_artifacts::DIGITS_ONNX.into());
+    let wasm = std::fs::read(path).expect("the ONNX guest");
     let digest = sha256_hex(&wasm);
     let cache = ArtifactCache::new(&root.join("artifacts"), runtime);
     let (snapshot, _) = cache

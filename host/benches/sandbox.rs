@@ -63,7 +63,7 @@ fn bench(c: &mut Criterion) {
             b.iter(|| model.infer(req).unwrap().unwrap())
         });
         let x = input(batch);
-        let mut out = Vec::with_capacity(batch * 10);
+        let mut out = vec![0.0; batch * mlp::CLASSES];
         group.bench_with_input(BenchmarkId::new("native", batch), &x, |b, x| {
             b.iter(|| {
                 mlp::forward(std::hint::black_box(x), batch, &mut out);
@@ -156,7 +156,7 @@ fn summary() {
     for batch in [1usize, 64] {
         let req = request(batch);
         let x = input(batch);
-        let mut out = Vec::with_capacity(batch * 10);
+        let mut out = vec![0.0; batch * mlp::CLASSES];
         // Warm up every path.
         for _ in 0..2000 {
             model.infer(&req).unwrap().unwrap();

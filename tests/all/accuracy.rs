@@ -178,3 +178,31 @@ fn langid_refuses_bytes_that_are_not_utf8() {
         other => panic!("expected invalid-input, got {other:?}"),
     }
 }
+
+/// The digits guest is built without std (see its `lib.rs`), so that a fresh
+/// instance links nothing but the contract's types: no WASI, no adapter. A change that brings std
+/// back (one `println!` does) makes every request slower, and fails here.
+#[test]
+fn the_digits_component_imports_nothing() {
+    let mut config = wasmtime::Config::new();
+    config.wasm_component_model(true);
+    let engine = wasmtime::Engine::new(&config).unwrap();
+    let component =
+        wasmtime::component::Component::from_file(&engine, airlock_artifacts::DIGITS).unwrap();
+    let imports: Vec<String> = component
+        .component_type()
+        .imports(&engine)
+        .map(|(name, _)| name.to_owned())
+        .filter(|name| !name.starts_with("airlock:inference/types@"))
+        .collect();
+    assert!(imports.is_empty(), "digits imports {imports:?}");
+    // A std guest, built the same way, does import WASI.
+    let echo =
+        wasmtime::component::Component::from_file(&engine, airlock_artifacts::TEXT_ECHO).unwrap();
+    assert!(
+        echo.component_type()
+            .imports(&engine)
+            .any(|(name, _)| name.starts_with("wasi:cli/")),
+        "text-echo was expected to import wasi:cli"
+    );
+}

@@ -2,6 +2,11 @@
 //! One test binary, so everything links once.
 
 mod accuracy;
+/// The digits guest's allocator arena, compiled natively so that its unit
+/// tests run here, like [`mlp`]'s.
+#[path = "../../guest-models/digits/src/arena.rs"]
+#[allow(dead_code)]
+mod arena;
 mod cache;
 mod chains;
 mod commands;

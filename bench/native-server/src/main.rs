@@ -85,7 +85,7 @@ async fn infer(body: Bytes) -> Response {
     else {
         return bad("expected one FP32 input \"input\" of shape [N, 64]");
     };
-    let mut probabilities = Vec::new();
+    let mut probabilities = vec![0.0; batch * mlp::CLASSES];
     mlp::forward(&input.data, batch, &mut probabilities);
     let answer = Answer {
         model_name: "digits",

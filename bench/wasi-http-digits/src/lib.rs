@@ -91,7 +91,7 @@ fn answer(request: IncomingRequest) -> Result<Vec<u8>, (u16, String)> {
             "expected one FP32 input \"input\" of shape [N, 64]".into(),
         ));
     };
-    let mut probabilities = Vec::new();
+    let mut probabilities = vec![0.0; batch * mlp::CLASSES];
     mlp::forward(&input.data, batch, &mut probabilities);
     let response = Response {
         model_name: "digits",

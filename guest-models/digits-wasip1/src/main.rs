@@ -74,7 +74,7 @@ fn infer(body: &[u8]) -> Result<serde_json::Value, String> {
             mlp::INPUTS
         )
     })?;
-    let mut probabilities = Vec::with_capacity(batch * mlp::CLASSES);
+    let mut probabilities = vec![0.0; batch * mlp::CLASSES];
     mlp::forward(&input.data, batch, &mut probabilities);
     Ok(json!({
         "outputs": [{

@@ -3,7 +3,7 @@
 //! This file is self-contained on purpose: the `digits` guest uses it as a
 //! module, and the host's benchmark includes the very same file with
 //! `#[path = "..."]` to compare the component with native code. It uses
-//! nothing but `std`.
+//! nothing but `core` and `libm` (the guest has no `std`).
 //!
 //! # Weights
 //!
@@ -141,26 +141,29 @@ fn words() -> &'static [f32] {
     // SAFETY: `Aligned` makes the bytes 4-byte aligned, `layout` checked that
     // their length is a multiple of 4, every bit pattern is a valid `f32`,
     // and the bytes are immutable and live for the whole program.
-    unsafe { std::slice::from_raw_parts(bytes.as_ptr().cast::<f32>(), bytes.len() / 4) }
+    unsafe { core::slice::from_raw_parts(bytes.as_ptr().cast::<f32>(), bytes.len() / 4) }
 }
 
 /// Classifies `batch` rows of [`INPUTS`] raw pixel values (0..=16), row-major,
-/// and writes `batch` rows of [`CLASSES`] probabilities to `out`, which is
-/// cleared first.
+/// into `batch` rows of [`CLASSES`] probabilities in `out`.
 ///
-/// Allocates nothing beyond growing `out`: activations live on the stack.
+/// Allocates nothing: activations live on the stack.
 ///
 /// # Panics
 ///
-/// If `input.len()` is not `batch * INPUTS`.
-pub fn forward(input: &[f32], batch: usize, out: &mut Vec<f32>) {
+/// If `input.len()` is not `batch * INPUTS` or `out.len()` not
+/// `batch * CLASSES`.
+pub fn forward(input: &[f32], batch: usize, out: &mut [f32]) {
     assert!(
         batch.checked_mul(INPUTS) == Some(input.len()),
         "mlp::forward: {} values is not {batch} rows of {INPUTS}",
         input.len(),
     );
-    out.clear();
-    out.resize(batch * CLASSES, 0.0);
+    assert!(
+        batch.checked_mul(CLASSES) == Some(out.len()),
+        "mlp::forward: {} outputs for {batch} rows of {CLASSES}",
+        out.len(),
+    );
 
     let words = words();
     let [hidden @ .., last] = &LAYERS;
@@ -183,7 +186,7 @@ pub fn forward(input: &[f32], batch: usize, out: &mut Vec<f32>) {
                     *v = 0.0;
                 }
             }
-            std::mem::swap(&mut cur, &mut next);
+            core::mem::swap(&mut cur, &mut next);
         }
         dense(&cur[..last.n_in], last, words, y);
         softmax(y);
@@ -209,7 +212,7 @@ fn softmax(z: &mut [f32]) {
     let max = z.iter().copied().fold(f32::NEG_INFINITY, f32::max);
     let mut sum = 0.0;
     for v in z.iter_mut() {
-        *v = (*v - max).exp();
+        *v = libm::expf(*v - max);
         sum += *v;
     }
     for v in z.iter_mut() {
@@ -239,9 +242,8 @@ mod tests {
 
     #[test]
     fn rows_are_probability_distributions() {
-        let mut out = vec![f32::NAN; 3];
+        let mut out = vec![f32::NAN; 5 * CLASSES];
         forward(&rows(5), 5, &mut out);
-        assert_eq!(out.len(), 5 * CLASSES);
         for row in out.chunks_exact(CLASSES) {
             assert!(row.iter().all(|p| (0.0..=1.0).contains(p)), "{row:?}");
             let sum: f32 = row.iter().sum();
@@ -252,9 +254,9 @@ mod tests {
     #[test]
     fn rows_are_independent() {
         let input = rows(4);
-        let mut all = Vec::new();
+        let mut all = vec![0.0; 4 * CLASSES];
         forward(&input, 4, &mut all);
-        let mut one = Vec::new();
+        let mut one = [0.0; CLASSES];
         for (x, expected) in input.chunks_exact(INPUTS).zip(all.chunks_exact(CLASSES)) {
             forward(x, 1, &mut one);
             assert_eq!(one, expected);
@@ -263,14 +265,18 @@ mod tests {
 
     #[test]
     fn empty_batch() {
-        let mut out = vec![1.0];
-        forward(&[], 0, &mut out);
-        assert!(out.is_empty());
+        forward(&[], 0, &mut []);
     }
 
     #[test]
     #[should_panic(expected = "not 2 rows")]
-    fn wrong_length_panics() {
-        forward(&[0.0; INPUTS], 2, &mut Vec::new());
+    fn wrong_input_length_panics() {
+        forward(&[0.0; INPUTS], 2, &mut [0.0; 2 * CLASSES]);
+    }
+
+    #[test]
+    #[should_panic(expected = "outputs for 1 rows")]
+    fn wrong_output_length_panics() {
+        forward(&[0.0; INPUTS], 1, &mut [0.0; 3]);
     }
 }

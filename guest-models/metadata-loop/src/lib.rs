@@ -20,7 +20,9 @@ impl Guest for MetadataLoop {
     }
 
     fn infer(_request: InferRequest) -> Result<InferResponse, Error> {
-        Err(Error::Internal("unreachable: the host never loads this model".into()))
+        Err(Error::Internal(
+            "unreachable: the host never loads this model".into(),
+        ))
     }
 }
 

@@ -17,7 +17,9 @@ impl Guest for MetadataTrap {
     }
 
     fn infer(_request: InferRequest) -> Result<InferResponse, Error> {
-        Err(Error::Internal("unreachable: the host never loads this model".into()))
+        Err(Error::Internal(
+            "unreachable: the host never loads this model".into(),
+        ))
     }
 }
 

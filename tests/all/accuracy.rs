@@ -180,8 +180,9 @@ fn langid_refuses_bytes_that_are_not_utf8() {
 }
 
 /// The digits guest is built without std (see its `lib.rs`), so that a fresh
-/// instance links nothing but the contract's types: no WASI, no adapter. A change that brings std
-/// back (one `println!` does) makes every request slower, and fails here.
+/// instance links nothing but the contract's types: no WASI, no adapter. A
+/// change that brings std back (one `println!` does) makes every request
+/// slower, and fails here.
 #[test]
 fn the_digits_component_imports_nothing() {
     let mut config = wasmtime::Config::new();

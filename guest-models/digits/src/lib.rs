@@ -8,10 +8,10 @@
 //! it imports of `wasi:cli`, `wasi:io` and friends, through the WASI adapter
 //! module and its shims. None of it is used by a forward pass, and all of it
 //! is linked again at each request's instantiation. Without std the
-//! component imports nothing, and a fresh instance costs about half as much
-//! (`cargo bench --bench sandbox`; figures in the README). What std gave
-//! that this crate needs is here instead: an allocator ([`arena`]), a panic
-//! handler and `cabi_realloc`.
+//! component imports nothing but the contract's types, and the sandbox adds
+//! about a third less per request (`cargo bench --bench sandbox`; figures
+//! in the README). What std gave that this crate needs is here instead: an
+//! allocator ([`arena`]), a panic handler, `cabi_realloc` and `libm`.
 
 #![no_std]
 

@@ -41,7 +41,8 @@ enum Command {
     Package {
         /// The binary to package; default: build it with
         /// `cargo build --release --workspace --bin bootstrap` (the workspace, so
-        /// that it shares the build of `cargo test --release --workspace`) and use that.
+        /// that it shares the build of `cargo run --release -p host` and the
+        /// benchmarks) and use that.
         #[arg(long)]
         binary: Option<PathBuf>,
         /// Where to write the zip (where `deploy` looks by default).

@@ -16,7 +16,7 @@ use std::sync::Arc;
 
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{DefaultBodyLimit, Path, State};
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -334,7 +334,7 @@ async fn server_metadata() -> Json<serde_json::Value> {
     Json(json!({
         "name": "airlock",
         "version": env!("CARGO_PKG_VERSION"),
-        "extensions": [],
+        "extensions": ["binary_tensor_data"],
     }))
 }
 
@@ -558,7 +558,9 @@ async fn run_infer(
         max_elements: policy.max_elements,
         ..state.host.config().request_limits
     };
-    let request = oip::parse_infer_request(&body, model.metadata(), &limits)?;
+    let json_len = inference_header_length(headers)?;
+    let oip::ParsedInfer { request, encoding } =
+        oip::parse_infer(&body, json_len, model.metadata(), &limits)?;
     drop(body);
     let (request, response) = {
         let model = Arc::clone(&model);
@@ -592,16 +594,51 @@ async fn run_infer(
         id: request.id.as_deref(),
         parameters: &parameters,
         outputs: &outputs,
+        encoding: &encoding,
     };
-    let json = serde_json::to_vec(&body).map_err(|e| ApiError::Internal(e.into()))?;
+    let (bytes, json_len) = body.to_bytes().map_err(|e| ApiError::Internal(e.into()))?;
+    let Some(json_len) = json_len else {
+        return Ok((
+            [(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            )],
+            bytes,
+        )
+            .into_response());
+    };
     Ok((
-        [(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/json"),
-        )],
-        json,
+        [
+            (
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/octet-stream"),
+            ),
+            (
+                HeaderName::from_static(INFERENCE_HEADER_CONTENT_LENGTH),
+                HeaderValue::from(json_len),
+            ),
+        ],
+        bytes,
     )
         .into_response())
+}
+
+/// The binary tensor data extension's header: how many bytes of the body
+/// are the JSON object, binary tensor data following it.
+const INFERENCE_HEADER_CONTENT_LENGTH: &str = "inference-header-content-length";
+
+fn inference_header_length(headers: &HeaderMap) -> Result<Option<usize>, ApiError> {
+    let Some(value) = headers.get(INFERENCE_HEADER_CONTENT_LENGTH) else {
+        return Ok(None);
+    };
+    value
+        .to_str()
+        .ok()
+        .and_then(|v| v.trim().parse::<usize>().ok())
+        .map(Some)
+        .ok_or_else(|| {
+            ApiError::BadRequest("Inference-Header-Content-Length must be a number of bytes".into())
+        })
 }
 
 /// The model's answer, or the error it is for the caller.

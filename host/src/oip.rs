@@ -5,6 +5,15 @@
 //! Tensor `data` is parsed straight into the typed lists the guest receives
 //! (no intermediate `serde_json::Value`), only after the request's shape and
 //! datatype were checked, and it may be flat or nested row-major arrays.
+//!
+//! The binary tensor data extension (KServe's and Triton's) is supported
+//! both ways: an input may carry `"parameters": {"binary_data_size": n}`
+//! instead of `data`, its `n` bytes following the JSON object in the body
+//! (whose length the `Inference-Header-Content-Length` header gives), and
+//! outputs asked for with `"binary_data": true` (or all of them, with the
+//! request parameter `"binary_data_output": true`) go back the same way:
+//! little-endian, row-major, BOOL as one byte 0 or 1, BYTES as a 4-byte
+//! little-endian length before each element.
 
 use std::collections::HashSet;
 use std::fmt;
@@ -81,29 +90,106 @@ struct RawInput<'a> {
     name: String,
     shape: Vec<i64>,
     datatype: String,
-    #[serde(borrow)]
-    data: &'a RawValue,
+    /// Absent when the tensor comes as binary data after the JSON.
+    #[serde(default, borrow)]
+    data: Option<&'a RawValue>,
+    #[serde(default)]
+    parameters: Option<serde_json::Map<String, serde_json::Value>>,
 }
 
 #[derive(Deserialize)]
 struct RawOutput {
     name: String,
+    #[serde(default)]
+    parameters: Option<serde_json::Map<String, serde_json::Value>>,
 }
 
-/// Parses an inference request body and checks it against `metadata`.
-///
-/// Every declared input must be present exactly once, with the declared
-/// datatype and a shape that matches the declared one (-1 matches any size),
-/// and its data must hold exactly as many elements as the shape says.
+/// The binary extension's input parameter: the tensor's size in bytes.
+const BINARY_DATA_SIZE: &str = "binary_data_size";
+/// The binary extension's output parameter: send this output as binary.
+const BINARY_DATA: &str = "binary_data";
+/// The binary extension's request parameter: send every output as binary
+/// unless its own `binary_data` says otherwise. Not passed to the model.
+const BINARY_DATA_OUTPUT: &str = "binary_data_output";
+
+/// How the response sends each output: as JSON `data`, or as binary data
+/// after the JSON object (the binary tensor data extension).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct OutputEncoding {
+    /// The request's `binary_data_output`.
+    all_binary: bool,
+    /// Requested outputs' own `binary_data`, which wins over `all_binary`.
+    per_output: Vec<(String, bool)>,
+}
+
+impl OutputEncoding {
+    /// Whether output `name` goes back as binary data.
+    pub fn is_binary(&self, name: &str) -> bool {
+        self.per_output
+            .iter()
+            .find(|(n, _)| n == name)
+            .map_or(self.all_binary, |(_, binary)| *binary)
+    }
+}
+
+/// A parsed and checked inference request, and how to send its answer.
+#[derive(Debug)]
+pub struct ParsedInfer {
+    /// What the guards and the model receive.
+    pub request: InferRequest,
+    /// Which outputs go back as binary data.
+    pub encoding: OutputEncoding,
+}
+
+/// Parses a JSON-only inference request body and checks it against
+/// `metadata` (see [`parse_infer`]).
 pub fn parse_infer_request(
     body: &[u8],
     metadata: &ModelMetadata,
     limits: &RequestLimits,
 ) -> Result<InferRequest, BadRequest> {
-    let raw: RawRequest<'_> =
-        serde_json::from_slice(body).map_err(|e| bad!("malformed inference request: {e}"))?;
+    parse_infer(body, None, metadata, limits).map(|parsed| parsed.request)
+}
 
-    let parameters = match raw.parameters {
+/// Parses an inference request body and checks it against `metadata`.
+///
+/// `json_len` is the `Inference-Header-Content-Length` header: the body's
+/// first `json_len` bytes are the JSON object and the rest is the binary
+/// data of the inputs that have `binary_data_size`, in their order. Without
+/// it the whole body is JSON.
+///
+/// Every declared input must be present exactly once, with the declared
+/// datatype and a shape that matches the declared one (-1 matches any size),
+/// and its data must hold exactly as many elements as the shape says.
+pub fn parse_infer(
+    body: &[u8],
+    json_len: Option<usize>,
+    metadata: &ModelMetadata,
+    limits: &RequestLimits,
+) -> Result<ParsedInfer, BadRequest> {
+    let (json, mut binary) = match json_len {
+        Some(len) if len > body.len() => {
+            return Err(bad!(
+                "Inference-Header-Content-Length is {len} but the body has only {} bytes",
+                body.len()
+            ));
+        }
+        Some(len) => body.split_at(len),
+        None => (body, &[][..]),
+    };
+    let raw: RawRequest<'_> =
+        serde_json::from_slice(json).map_err(|e| bad!("malformed inference request: {e}"))?;
+
+    let mut parameters = raw.parameters;
+    let all_binary = match parameters
+        .as_mut()
+        .and_then(|map| map.remove(BINARY_DATA_OUTPUT))
+    {
+        None => false,
+        Some(serde_json::Value::Bool(b)) => b,
+        Some(_) => return Err(bad!("parameter {BINARY_DATA_OUTPUT:?} must be a boolean")),
+    };
+    let parameters = match parameters {
         Some(map) => convert_parameters(map)?,
         None => Vec::new(),
     };
@@ -153,8 +239,56 @@ pub fn parse_infer_request(
                 limits.max_elements
             ));
         }
-        let data = parse_data(input.data, datatype, &shape)
-            .map_err(|e| bad!("input {:?}: {e}", input.name))?;
+        let binary_size = match input
+            .parameters
+            .as_ref()
+            .and_then(|p| p.get(BINARY_DATA_SIZE))
+        {
+            None => None,
+            Some(size) => Some(size.as_u64().ok_or_else(|| {
+                bad!(
+                    "input {:?}: {BINARY_DATA_SIZE} must be a non-negative integer",
+                    input.name
+                )
+            })?),
+        };
+        let data = match (input.data, binary_size) {
+            (Some(data), None) => parse_data(data, datatype, &shape),
+            (None, Some(size)) => {
+                if json_len.is_none() {
+                    return Err(bad!(
+                        "input {:?} has {BINARY_DATA_SIZE} but the request has no \
+                         Inference-Header-Content-Length header to say where the JSON ends",
+                        input.name
+                    ));
+                }
+                let Some(bytes) = usize::try_from(size)
+                    .ok()
+                    .and_then(|size| binary.split_off(..size))
+                else {
+                    return Err(bad!(
+                        "input {:?}: {BINARY_DATA_SIZE} is {size} but only {} bytes of \
+                         binary data are left",
+                        input.name,
+                        binary.len()
+                    ));
+                };
+                decode_binary(bytes, datatype, elements)
+            }
+            (Some(_), Some(_)) => {
+                return Err(bad!(
+                    "input {:?} has both data and {BINARY_DATA_SIZE}",
+                    input.name
+                ));
+            }
+            (None, None) => {
+                return Err(bad!(
+                    "input {:?} has no data (nor {BINARY_DATA_SIZE})",
+                    input.name
+                ));
+            }
+        }
+        .map_err(|e| bad!("input {:?}: {e}", input.name))?;
         if data.len() as u64 != elements {
             return Err(bad!(
                 "input {:?}: shape {:?} needs {elements} elements but data has {}",
@@ -177,7 +311,15 @@ pub fn parse_infer_request(
         return Err(bad!("missing input {:?}", missing.name));
     }
 
+    if !binary.is_empty() {
+        return Err(bad!(
+            "{} bytes of binary data after the JSON belong to no input",
+            binary.len()
+        ));
+    }
+
     let mut outputs = Vec::new();
+    let mut per_output = Vec::new();
     if let Some(requested) = raw.outputs {
         let mut seen = HashSet::new();
         for output in requested {
@@ -191,16 +333,152 @@ pub fn parse_infer_request(
             if !seen.insert(output.name.clone()) {
                 return Err(bad!("output {:?} is requested twice", output.name));
             }
+            match output.parameters.as_ref().and_then(|p| p.get(BINARY_DATA)) {
+                None => {}
+                Some(serde_json::Value::Bool(b)) => per_output.push((output.name.clone(), *b)),
+                Some(_) => {
+                    return Err(bad!(
+                        "output {:?}: {BINARY_DATA} must be a boolean",
+                        output.name
+                    ));
+                }
+            }
             outputs.push(output.name);
         }
     }
 
-    Ok(InferRequest {
-        id: raw.id,
-        parameters,
-        inputs,
-        outputs,
+    Ok(ParsedInfer {
+        request: InferRequest {
+            id: raw.id,
+            parameters,
+            inputs,
+            outputs,
+        },
+        encoding: OutputEncoding {
+            all_binary,
+            per_output,
+        },
     })
+}
+
+/// Decodes one input's binary data: `elements` elements of `datatype`,
+/// little-endian, taking exactly all of `bytes`.
+fn decode_binary(bytes: &[u8], datatype: Datatype, elements: u64) -> Result<TensorData, String> {
+    fn fixed<const N: usize, T>(
+        bytes: &[u8],
+        elements: u64,
+        from: impl Fn([u8; N]) -> T,
+    ) -> Result<Vec<T>, String> {
+        let (chunks, rest) = bytes.as_chunks::<N>();
+        if chunks.len() as u64 != elements || !rest.is_empty() {
+            return Err(format!(
+                "{BINARY_DATA_SIZE} is {} but the shape needs {elements} elements of {N} \
+                 bytes",
+                bytes.len()
+            ));
+        }
+        Ok(chunks.iter().map(|c| from(*c)).collect())
+    }
+    Ok(match datatype {
+        Datatype::Bool => {
+            let bytes = fixed::<1, u8>(bytes, elements, |[b]| b)?;
+            if let Some(bad) = bytes.iter().find(|b| **b > 1) {
+                return Err(format!("BOOL element {bad} is neither 0 nor 1"));
+            }
+            TensorData::Bool(bytes.into_iter().map(|b| b == 1).collect())
+        }
+        Datatype::Uint8 => TensorData::Uint8(fixed(bytes, elements, u8::from_le_bytes)?),
+        Datatype::Uint16 => TensorData::Uint16(fixed(bytes, elements, u16::from_le_bytes)?),
+        Datatype::Uint32 => TensorData::Uint32(fixed(bytes, elements, u32::from_le_bytes)?),
+        Datatype::Uint64 => TensorData::Uint64(fixed(bytes, elements, u64::from_le_bytes)?),
+        Datatype::Int8 => TensorData::Int8(fixed(bytes, elements, i8::from_le_bytes)?),
+        Datatype::Int16 => TensorData::Int16(fixed(bytes, elements, i16::from_le_bytes)?),
+        Datatype::Int32 => TensorData::Int32(fixed(bytes, elements, i32::from_le_bytes)?),
+        Datatype::Int64 => TensorData::Int64(fixed(bytes, elements, i64::from_le_bytes)?),
+        Datatype::Fp16 => TensorData::Fp16(fixed(bytes, elements, u16::from_le_bytes)?),
+        Datatype::Fp32 => TensorData::Fp32(fixed(bytes, elements, f32::from_le_bytes)?),
+        Datatype::Fp64 => TensorData::Fp64(fixed(bytes, elements, f64::from_le_bytes)?),
+        Datatype::Bytes => {
+            // Each element costs at least its 4-byte length, so the body's
+            // size bounds this allocation.
+            let mut out = Vec::with_capacity(elements.min(bytes.len() as u64 / 4) as usize);
+            let mut rest = bytes;
+            for i in 0..elements {
+                let Some((len, tail)) = rest.split_first_chunk::<4>() else {
+                    return Err(format!(
+                        "the binary data ends before BYTES element {i} of {elements}"
+                    ));
+                };
+                let len = u32::from_le_bytes(*len) as usize;
+                let Some(element) = tail.get(..len) else {
+                    return Err(format!(
+                        "BYTES element {i} says {len} bytes but only {} are left",
+                        tail.len()
+                    ));
+                };
+                out.push(element.to_vec());
+                rest = &tail[len..];
+            }
+            if !rest.is_empty() {
+                return Err(format!(
+                    "{} bytes are left after the last of {elements} BYTES elements",
+                    rest.len()
+                ));
+            }
+            TensorData::Bytes(out)
+        }
+    })
+}
+
+/// The size of `data` in the binary tensor data format.
+fn binary_len(data: &TensorData) -> usize {
+    match data {
+        TensorData::Bytes(v) => v.iter().map(|e| 4 + e.len()).sum(),
+        other => other.len() * element_size(other.datatype()),
+    }
+}
+
+/// Bytes per element of a fixed-size datatype (BYTES: 0, it has none).
+fn element_size(datatype: Datatype) -> usize {
+    match datatype {
+        Datatype::Bool | Datatype::Uint8 | Datatype::Int8 => 1,
+        Datatype::Uint16 | Datatype::Int16 | Datatype::Fp16 => 2,
+        Datatype::Uint32 | Datatype::Int32 | Datatype::Fp32 => 4,
+        Datatype::Uint64 | Datatype::Int64 | Datatype::Fp64 => 8,
+        Datatype::Bytes => 0,
+    }
+}
+
+/// Appends `data` in the binary tensor data format.
+fn encode_binary(data: &TensorData, out: &mut Vec<u8>) {
+    macro_rules! le {
+        ($v:expr) => {
+            for x in $v {
+                out.extend_from_slice(&x.to_le_bytes());
+            }
+        };
+    }
+    match data {
+        TensorData::Bool(v) => out.extend(v.iter().map(|b| u8::from(*b))),
+        TensorData::Uint8(v) => out.extend_from_slice(v),
+        TensorData::Uint16(v) => le!(v),
+        TensorData::Uint32(v) => le!(v),
+        TensorData::Uint64(v) => le!(v),
+        TensorData::Int8(v) => le!(v),
+        TensorData::Int16(v) => le!(v),
+        TensorData::Int32(v) => le!(v),
+        TensorData::Int64(v) => le!(v),
+        TensorData::Fp16(v) => le!(v),
+        TensorData::Fp32(v) => le!(v),
+        TensorData::Fp64(v) => le!(v),
+        TensorData::Bytes(v) => {
+            for element in v {
+                // `to_bytes` checked that each length fits.
+                out.extend_from_slice(&(element.len() as u32).to_le_bytes());
+                out.extend_from_slice(element);
+            }
+        }
+    }
 }
 
 fn names(specs: &[TensorSpec]) -> String {
@@ -535,6 +813,47 @@ pub struct InferResponseBody<'a> {
     pub parameters: &'a [(&'a str, &'a str)],
     /// The outputs to send.
     pub outputs: &'a [Tensor],
+    /// Which of them go as binary data.
+    pub encoding: &'a OutputEncoding,
+}
+
+impl InferResponseBody<'_> {
+    /// The response body, and the length of its JSON object when binary
+    /// data follows it (the `Inference-Header-Content-Length` header).
+    pub fn to_bytes(&self) -> Result<(Vec<u8>, Option<usize>), serde_json::Error> {
+        let binary: usize = self
+            .outputs
+            .iter()
+            .filter(|t| self.encoding.is_binary(&t.name))
+            .map(|t| binary_len(&t.data))
+            .sum();
+        let mut body = Vec::with_capacity(256 + binary);
+        serde_json::to_writer(&mut body, self)?;
+        let mut binary_outputs = self
+            .outputs
+            .iter()
+            .filter(|t| self.encoding.is_binary(&t.name))
+            .peekable();
+        if binary_outputs.peek().is_none() {
+            return Ok((body, None));
+        }
+        // A BYTES element's length goes out as 4 bytes.
+        if binary_outputs.any(|t| match &t.data {
+            TensorData::Bytes(v) => v.iter().any(|e| u32::try_from(e.len()).is_err()),
+            _ => false,
+        }) {
+            return Err(serde::ser::Error::custom(
+                "a BYTES element of 4 GiB or more cannot be sent as binary data",
+            ));
+        }
+        let json_len = body.len();
+        for tensor in self.outputs {
+            if self.encoding.is_binary(&tensor.name) {
+                encode_binary(&tensor.data, &mut body);
+            }
+        }
+        Ok((body, Some(json_len)))
+    }
 }
 
 impl Serialize for InferResponseBody<'_> {
@@ -548,7 +867,13 @@ impl Serialize for InferResponseBody<'_> {
         if !self.parameters.is_empty() {
             map.serialize_entry("parameters", &Params(self.parameters))?;
         }
-        map.serialize_entry("outputs", &Outputs(self.outputs))?;
+        map.serialize_entry(
+            "outputs",
+            &Outputs {
+                tensors: self.outputs,
+                encoding: Some(self.encoding),
+            },
+        )?;
         map.end()
     }
 }
@@ -565,27 +890,51 @@ impl Serialize for Params<'_> {
     }
 }
 
-struct Outputs<'a>(&'a [Tensor]);
+/// Tensors as a JSON array, each with its `data` unless `encoding` sends
+/// it as binary data after the JSON.
+struct Outputs<'a> {
+    tensors: &'a [Tensor],
+    encoding: Option<&'a OutputEncoding>,
+}
 
 impl Serialize for Outputs<'_> {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        let mut seq = serializer.serialize_seq(Some(self.0.len()))?;
-        for tensor in self.0 {
-            seq.serialize_element(&OutputTensor(tensor))?;
+        let mut seq = serializer.serialize_seq(Some(self.tensors.len()))?;
+        for tensor in self.tensors {
+            let binary = self.encoding.is_some_and(|e| e.is_binary(&tensor.name));
+            seq.serialize_element(&OutputTensor { tensor, binary })?;
         }
         seq.end()
     }
 }
 
-struct OutputTensor<'a>(&'a Tensor);
+struct OutputTensor<'a> {
+    tensor: &'a Tensor,
+    binary: bool,
+}
+
+/// `"parameters": {"binary_data_size": n}` of a binary output.
+struct BinarySize(usize);
+
+impl Serialize for BinarySize {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let mut map = serializer.serialize_map(Some(1))?;
+        map.serialize_entry(BINARY_DATA_SIZE, &self.0)?;
+        map.end()
+    }
+}
 
 impl Serialize for OutputTensor<'_> {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        let t = self.0;
+        let t = self.tensor;
         let mut map = serializer.serialize_map(Some(4))?;
         map.serialize_entry("name", &t.name)?;
         map.serialize_entry("datatype", t.data.datatype().as_str())?;
         map.serialize_entry("shape", &t.shape)?;
+        if self.binary {
+            map.serialize_entry("parameters", &BinarySize(binary_len(&t.data)))?;
+            return map.end();
+        }
         match &t.data {
             TensorData::Bool(v) => map.serialize_entry("data", v)?,
             TensorData::Uint8(v) => map.serialize_entry("data", v)?,
@@ -637,7 +986,13 @@ impl Serialize for CommandRequest<'_> {
         if !request.parameters.is_empty() {
             map.serialize_entry("parameters", &RequestParams(&request.parameters))?;
         }
-        map.serialize_entry("inputs", &Outputs(&request.inputs))?;
+        map.serialize_entry(
+            "inputs",
+            &Outputs {
+                tensors: &request.inputs,
+                encoding: None,
+            },
+        )?;
         if !request.outputs.is_empty() {
             let names: Vec<_> = request
                 .outputs
@@ -710,7 +1065,10 @@ pub fn parse_command_output(stdout: &[u8]) -> Result<Result<Vec<Tensor>, String>
         {
             return Err(format!("output {:?}: shape is too large", output.name));
         }
-        let data = parse_data(output.data, datatype, &shape)
+        let raw_data = output
+            .data
+            .ok_or_else(|| format!("output {:?} has no data", output.name))?;
+        let data = parse_data(raw_data, datatype, &shape)
             .map_err(|e| format!("output {:?}: {e}", output.name))?;
         outputs.push(Tensor {
             name: output.name,
@@ -1019,6 +1377,7 @@ mod tests {
             id: Some("x"),
             parameters: &[],
             outputs: &outputs,
+            encoding: &OutputEncoding::default(),
         };
         let json: serde_json::Value = serde_json::to_value(&body).unwrap();
         assert_eq!(json["id"], "x");
@@ -1026,5 +1385,234 @@ mod tests {
         assert_eq!(json["outputs"][0]["datatype"], "FP16");
         assert_eq!(json["outputs"][1]["data"], serde_json::json!(["hi"]));
         assert_eq!(json["outputs"][2]["data"], serde_json::json!([true, false]));
+    }
+
+    /// One tensor of every datatype, three elements each.
+    fn every_datatype() -> Vec<TensorData> {
+        vec![
+            TensorData::Bool(vec![true, false, true]),
+            TensorData::Uint8(vec![0, 7, 255]),
+            TensorData::Uint16(vec![0, 7, u16::MAX]),
+            TensorData::Uint32(vec![0, 7, u32::MAX]),
+            TensorData::Uint64(vec![0, 7, u64::MAX]),
+            TensorData::Int8(vec![i8::MIN, -1, i8::MAX]),
+            TensorData::Int16(vec![i16::MIN, -1, i16::MAX]),
+            TensorData::Int32(vec![i32::MIN, -1, i32::MAX]),
+            TensorData::Int64(vec![i64::MIN, -1, i64::MAX]),
+            TensorData::Fp16(vec![0x3c00, 0xc000, 0x7bff]),
+            TensorData::Fp32(vec![1.5, -0.0, f32::MAX]),
+            TensorData::Fp64(vec![1.5, -1e300, f64::MIN_POSITIVE]),
+            TensorData::Bytes(vec![b"".to_vec(), b"hi".to_vec(), vec![0xff, 0, 1]]),
+        ]
+    }
+
+    #[test]
+    fn binary_data_round_trips_every_datatype() {
+        for data in every_datatype() {
+            let mut bytes = Vec::new();
+            encode_binary(&data, &mut bytes);
+            assert_eq!(bytes.len(), binary_len(&data), "{:?}", data.datatype());
+            let back = decode_binary(&bytes, data.datatype(), 3).unwrap();
+            assert_eq!(format!("{back:?}"), format!("{data:?}"));
+        }
+        // The layout is the extension's: little-endian, BOOL as 0/1 bytes,
+        // BYTES with a 4-byte little-endian length before each element.
+        let mut bytes = Vec::new();
+        encode_binary(&TensorData::Uint16(vec![0x0102]), &mut bytes);
+        encode_binary(&TensorData::Bool(vec![true, false]), &mut bytes);
+        encode_binary(&TensorData::Bytes(vec![b"ab".to_vec()]), &mut bytes);
+        assert_eq!(bytes, [0x02, 0x01, 1, 0, 2, 0, 0, 0, b'a', b'b']);
+    }
+
+    #[test]
+    fn binary_data_of_the_wrong_size_is_refused() {
+        let four = [0u8; 4];
+        let err = decode_binary(&four, Datatype::Fp32, 2).unwrap_err();
+        assert!(err.contains("needs 2 elements of 4 bytes"), "{err}");
+        assert!(decode_binary(&four[..3], Datatype::Fp32, 1).is_err());
+        assert!(
+            decode_binary(&[2], Datatype::Bool, 1)
+                .unwrap_err()
+                .contains("neither 0 nor 1")
+        );
+        // BYTES: a length running past the end, a length cut short, bytes left over.
+        assert!(decode_binary(&[5, 0, 0, 0, b'a'], Datatype::Bytes, 1).is_err());
+        assert!(decode_binary(&[1, 0, 0, 0, b'a', 0, 0], Datatype::Bytes, 2).is_err());
+        assert!(decode_binary(&[1, 0, 0, 0, b'a', 9], Datatype::Bytes, 1).is_err());
+        assert!(matches!(
+            decode_binary(&[0, 0, 0, 0], Datatype::Bytes, 1).unwrap(),
+            TensorData::Bytes(v) if v == [Vec::<u8>::new()]
+        ));
+    }
+
+    /// `json` then `binary`, with the JSON's length as the header says.
+    fn with_binary(json: &str, binary: &[u8]) -> (Vec<u8>, Option<usize>) {
+        let mut body = json.as_bytes().to_vec();
+        body.extend_from_slice(binary);
+        (body, Some(json.len()))
+    }
+
+    #[test]
+    fn binary_inputs_follow_the_json_in_order() {
+        let mut meta = metadata();
+        meta.inputs.push(TensorSpec {
+            name: "flags".into(),
+            datatype: Datatype::Bool,
+            shape: vec![-1],
+        });
+        meta.inputs.push(TensorSpec {
+            name: "words".into(),
+            datatype: Datatype::Bytes,
+            shape: vec![-1],
+        });
+        let mut binary = Vec::new();
+        encode_binary(&TensorData::Fp32(vec![1.0, 2.0, 3.0]), &mut binary);
+        encode_binary(
+            &TensorData::Bytes(vec![b"x".to_vec(), b"yz".to_vec()]),
+            &mut binary,
+        );
+        let json = r#"{"inputs":[
+            {"name":"input","shape":[1,3],"datatype":"FP32","parameters":{"binary_data_size":12}},
+            {"name":"flags","shape":[2],"datatype":"BOOL","data":[true,false]},
+            {"name":"words","shape":[2],"datatype":"BYTES","parameters":{"binary_data_size":11}}],
+            "parameters":{"binary_data_output":true,"tag":"t"},
+            "outputs":[{"name":"out","parameters":{"binary_data":false}}]}"#;
+        let (body, len) = with_binary(json, &binary);
+        let parsed = parse_infer(&body, len, &meta, &RequestLimits::default()).unwrap();
+        let request = &parsed.request;
+        assert_eq!(fp32(request), &[1.0, 2.0, 3.0]);
+        assert!(matches!(&request.inputs[1].data, TensorData::Bool(v) if v == &[true, false]));
+        assert!(matches!(
+            &request.inputs[2].data,
+            TensorData::Bytes(v) if v == &[b"x".to_vec(), b"yz".to_vec()]
+        ));
+        // The extension's own parameter is not the model's.
+        assert_eq!(request.parameters.len(), 1);
+        assert!(matches!(
+            &request.parameters[0],
+            (key, ParameterValue::Text(t)) if key == "tag" && t == "t"
+        ));
+        // `binary_data` on the output wins over `binary_data_output`.
+        assert!(!parsed.encoding.is_binary("out"));
+        assert!(parsed.encoding.is_binary("other"));
+    }
+
+    #[test]
+    fn malformed_binary_requests_are_refused_with_a_reason() {
+        let meta = metadata();
+        let input = |params: &str| {
+            format!(r#"{{"inputs":[{{"name":"input","shape":[1,3],"datatype":"FP32"{params}}}]}}"#)
+        };
+        let sized = input(r#","parameters":{"binary_data_size":12}"#);
+        let twelve = [0u8; 12];
+        let cases: Vec<(Vec<u8>, Option<usize>, &str)> = vec![
+            // No header: the body is all JSON, the binary data cannot be found.
+            (
+                sized.clone().into_bytes(),
+                None,
+                "no Inference-Header-Content-Length",
+            ),
+            // The header says more than the body has.
+            (sized.clone().into_bytes(), Some(sized.len() + 1), "only"),
+            // Fewer bytes than the input claims.
+            (
+                with_binary(&sized, &twelve[..8]).0,
+                Some(sized.len()),
+                "only 8 bytes",
+            ),
+            // Bytes no input claims.
+            (
+                with_binary(&sized, &[0; 13]).0,
+                Some(sized.len()),
+                "belong to no input",
+            ),
+            // The size disagrees with the shape.
+            {
+                let j = input(r#","parameters":{"binary_data_size":8}"#);
+                (
+                    with_binary(&j, &twelve[..8]).0,
+                    Some(j.len()),
+                    "needs 3 elements",
+                )
+            },
+            {
+                let j = input(r#","parameters":{"binary_data_size":-4}"#);
+                (
+                    j.clone().into_bytes(),
+                    Some(j.len()),
+                    "non-negative integer",
+                )
+            },
+            {
+                let j = input(r#","data":[1,2,3],"parameters":{"binary_data_size":12}"#);
+                (with_binary(&j, &twelve).0, Some(j.len()), "both data and")
+            },
+            (input("").into_bytes(), None, "has no data"),
+            {
+                let j = r#"{"inputs":[{"name":"input","shape":[1,3],"datatype":"FP32","data":[1,2,3]}],"parameters":{"binary_data_output":"yes"}}"#;
+                (j.as_bytes().to_vec(), None, "must be a boolean")
+            },
+            {
+                let j = r#"{"inputs":[{"name":"input","shape":[1,3],"datatype":"FP32","data":[1,2,3]}],"outputs":[{"name":"out","parameters":{"binary_data":1}}]}"#;
+                (j.as_bytes().to_vec(), None, "must be a boolean")
+            },
+        ];
+        for (body, len, want) in cases {
+            let err = parse_infer(&body, len, &meta, &RequestLimits::default()).unwrap_err();
+            assert!(
+                err.0.contains(want),
+                "{:?}: {err} (wanted {want:?})",
+                String::from_utf8_lossy(&body)
+            );
+        }
+    }
+
+    #[test]
+    fn binary_outputs_follow_the_json_with_their_sizes() {
+        let outputs = vec![
+            Tensor {
+                name: "p".into(),
+                shape: vec![2],
+                data: TensorData::Fp32(vec![0.25, 0.75]),
+            },
+            Tensor {
+                name: "label".into(),
+                shape: vec![1],
+                data: TensorData::Bytes(vec![b"en".to_vec()]),
+            },
+        ];
+        let encoding = OutputEncoding {
+            all_binary: true,
+            per_output: vec![("label".into(), false)],
+        };
+        let body = InferResponseBody {
+            model_name: "m",
+            model_version: "1",
+            id: None,
+            parameters: &[],
+            outputs: &outputs,
+            encoding: &encoding,
+        };
+        let (bytes, json_len) = body.to_bytes().unwrap();
+        let json_len = json_len.expect("a binary output means a JSON length");
+        let json: serde_json::Value = serde_json::from_slice(&bytes[..json_len]).unwrap();
+        assert_eq!(json["outputs"][0]["parameters"]["binary_data_size"], 8);
+        assert!(json["outputs"][0].get("data").is_none());
+        assert_eq!(json["outputs"][1]["data"], serde_json::json!(["en"]));
+        let tail = &bytes[json_len..];
+        assert_eq!(tail.len(), 8);
+        assert!(matches!(
+            decode_binary(tail, Datatype::Fp32, 2).unwrap(),
+            TensorData::Fp32(v) if v == [0.25, 0.75]
+        ));
+
+        // Nothing binary: the body is the JSON alone, and no length.
+        let plain = InferResponseBody {
+            encoding: &OutputEncoding::default(),
+            ..body
+        };
+        let (bytes, json_len) = plain.to_bytes().unwrap();
+        assert_eq!(json_len, None);
+        assert_eq!(bytes, serde_json::to_vec(&plain).unwrap());
     }
 }

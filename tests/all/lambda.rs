@@ -191,3 +191,65 @@ fn refresh_publishes_what_another_host_wrote() {
     a.refresh().unwrap();
     assert!(a.registry().active("digits").is_none());
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn binary_tensor_data_travels_base64_through_api_gateway() {
+    let (host, _data) = lambda_host(None);
+    let service = LambdaService::new(host, None);
+    let test = digits_test();
+    let binary: Vec<u8> = test.inputs[0]
+        .iter()
+        .flat_map(|x| x.to_le_bytes())
+        .collect();
+    let head = serde_json::to_vec(&serde_json::json!({
+        "inputs": [{"name": "input", "shape": [1, 64], "datatype": "FP32",
+                    "parameters": {"binary_data_size": binary.len()}}],
+        "parameters": {"binary_data_output": true},
+    }))
+    .unwrap();
+    let mut body = head.clone();
+    body.extend_from_slice(&binary);
+    // The recorded infer event, carrying a binary body as API Gateway
+    // does: base64, with the extension's header.
+    let mut event = event("infer-base64");
+    event["body"] = base64::engine::general_purpose::STANDARD
+        .encode(&body)
+        .into();
+    let headers = &mut event["headers"];
+    headers["content-type"] = "application/octet-stream".into();
+    headers["content-length"] = body.len().to_string().into();
+    headers["inference-header-content-length"] = head.len().to_string().into();
+
+    let payload: LambdaRequest = serde_json::from_value(event).unwrap();
+    let mut adapter = lambda_http::Adapter::from(service.clone());
+    let response = adapter
+        .call(LambdaEvent::new(payload, Context::default()))
+        .await
+        .unwrap();
+    let response = serde_json::to_value(&response).unwrap();
+    assert_eq!(response["statusCode"], 200, "{response}");
+    assert_eq!(response["isBase64Encoded"], true, "{response}");
+    assert_eq!(
+        response["headers"]["content-type"],
+        "application/octet-stream"
+    );
+    let json_len: usize = response["headers"]["inference-header-content-length"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let answer = base64::engine::general_purpose::STANDARD
+        .decode(response["body"].as_str().unwrap())
+        .unwrap();
+    let head: Value = serde_json::from_slice(&answer[..json_len]).unwrap();
+    assert_eq!(head["outputs"][0]["parameters"]["binary_data_size"], 40);
+    let probabilities: Vec<f64> = answer[json_len..]
+        .chunks_exact(4)
+        .map(|c| f64::from(f32::from_le_bytes(c.try_into().unwrap())))
+        .collect();
+    assert_eq!(probabilities.len(), 10);
+    assert_eq!(
+        support::argmax(&probabilities),
+        test.reference_predictions[0]
+    );
+}

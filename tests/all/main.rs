@@ -9,6 +9,7 @@ mod accuracy;
 mod arena;
 mod cache;
 mod chains;
+mod clients;
 mod commands;
 mod compile;
 mod errors;

@@ -172,3 +172,176 @@ async fn fixture_echo_round_trips() {
     assert_eq!(body["outputs"][0]["data"], json!([1.5, -2.0, 3.0]));
     assert_eq!(body["outputs"][0]["name"], "y");
 }
+
+/// POSTs a request in the binary tensor data format: the JSON object, then
+/// `binary`, with the JSON's length in `Inference-Header-Content-Length`.
+async fn post_binary(
+    client: &reqwest::Client,
+    url: &str,
+    json: &serde_json::Value,
+    binary: &[u8],
+) -> reqwest::Response {
+    let mut body = serde_json::to_vec(json).unwrap();
+    let json_len = body.len();
+    body.extend_from_slice(binary);
+    client
+        .post(url)
+        .header("content-type", "application/octet-stream")
+        .header("inference-header-content-length", json_len)
+        .body(body)
+        .send()
+        .await
+        .unwrap()
+}
+
+/// Splits a response with binary outputs into its JSON object and the
+/// binary data after it, checking the extension's headers.
+async fn split_binary(response: reqwest::Response) -> (serde_json::Value, Vec<u8>) {
+    assert_eq!(response.status(), 200);
+    let headers = response.headers().clone();
+    assert_eq!(headers["content-type"], "application/octet-stream");
+    let json_len: usize = headers["inference-header-content-length"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let body = response.bytes().await.unwrap();
+    let json = serde_json::from_slice(&body[..json_len]).unwrap();
+    (json, body[json_len..].to_vec())
+}
+
+/// The output called `name` of a response.
+fn output<'a>(response: &'a serde_json::Value, name: &str) -> &'a serde_json::Value {
+    response["outputs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|o| o["name"] == name)
+        .unwrap_or_else(|| panic!("no output {name:?} in {response}"))
+}
+
+#[tokio::test]
+async fn binary_tensor_data_gives_the_json_answer() {
+    let s = server();
+    let client = s.client();
+    let (_, _, meta) = split(client.get(s.url("/v2")).send().await.unwrap()).await;
+    assert_eq!(meta["extensions"], json!(["binary_tensor_data"]));
+
+    let test = digits_test();
+    let rows: Vec<f32> = test.inputs[..8].iter().flatten().copied().collect();
+    let binary: Vec<u8> = rows.iter().flat_map(|x| x.to_le_bytes()).collect();
+    let as_json =
+        json!({"inputs": [{"name": "input", "shape": [8, 64], "datatype": "FP32", "data": rows}]});
+    let as_binary = json!({
+        "id": "bin",
+        "inputs": [{"name": "input", "shape": [8, 64], "datatype": "FP32",
+                    "parameters": {"binary_data_size": binary.len()}}],
+        "outputs": [{"name": "probabilities", "parameters": {"binary_data": true}}],
+    });
+    for name in ["digits", "digits-onnx"] {
+        let url = s.url(&format!("/v2/models/{name}/infer"));
+        let (status, _, plain) = post_json(&client, &url, &as_json).await;
+        assert_eq!(status, 200, "{plain}");
+        let (head, tail) =
+            split_binary(post_binary(&client, &url, &as_binary, &binary).await).await;
+        assert_eq!(head["id"], "bin");
+        let out = output(&head, "probabilities");
+        assert_eq!(out["shape"], json!([8, 10]));
+        assert_eq!(out["parameters"]["binary_data_size"], 8 * 10 * 4);
+        assert!(out.get("data").is_none(), "{out}");
+        assert_eq!(tail.len(), 8 * 10 * 4);
+        let from_binary: Vec<f32> = tail
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+            .collect();
+        let from_json: Vec<f32> = output(&plain, "probabilities")["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_f64().unwrap() as f32)
+            .collect();
+        assert_eq!(from_binary, from_json, "{name}");
+        for (i, row) in from_binary.chunks(10).enumerate() {
+            let row: Vec<f64> = row.iter().map(|x| f64::from(*x)).collect();
+            assert_eq!(support::argmax(&row), test.reference_predictions[i]);
+        }
+    }
+}
+
+#[tokio::test]
+async fn binary_bytes_tensors_in_and_out() {
+    let s = server();
+    let client = s.client();
+    let url = s.url("/v2/models/langid/infer");
+    let texts = [
+        "the weather is lovely today and we are going for a walk in the park",
+        "le temps est magnifique aujourd'hui et nous allons nous promener",
+    ];
+    let mut binary = Vec::new();
+    for text in texts {
+        binary.extend_from_slice(&(text.len() as u32).to_le_bytes());
+        binary.extend_from_slice(text.as_bytes());
+    }
+    let request = json!({
+        "inputs": [{"name": "text", "shape": [2], "datatype": "BYTES",
+                    "parameters": {"binary_data_size": binary.len()}}],
+        "parameters": {"binary_data_output": true},
+        "outputs": [{"name": "language"},
+                    {"name": "probabilities", "parameters": {"binary_data": false}}],
+    });
+    let (head, tail) = split_binary(post_binary(&client, &url, &request, &binary).await).await;
+    assert!(output(&head, "probabilities")["data"].is_array());
+    let language = output(&head, "language");
+    assert_eq!(language["parameters"]["binary_data_size"], tail.len());
+    let mut labels = Vec::new();
+    let mut rest = &tail[..];
+    while !rest.is_empty() {
+        let len = u32::from_le_bytes(rest[..4].try_into().unwrap()) as usize;
+        labels.push(String::from_utf8(rest[4..4 + len].to_vec()).unwrap());
+        rest = &rest[4 + len..];
+    }
+
+    let (status, _, plain) = post_json(
+        &client,
+        &url,
+        &json!({"inputs": [{"name": "text", "shape": [2], "datatype": "BYTES", "data": texts}]}),
+    )
+    .await;
+    assert_eq!(status, 200, "{plain}");
+    assert_eq!(json!(labels), output(&plain, "language")["data"]);
+    assert_eq!(labels, ["en", "fr"]);
+}
+
+#[tokio::test]
+async fn malformed_binary_requests_are_400s() {
+    let s = server();
+    let client = s.client();
+    let url = s.url("/v2/models/digits/infer");
+    let request = json!({"inputs": [{"name": "input", "shape": [1, 64], "datatype": "FP32",
+                                      "parameters": {"binary_data_size": 256}}]});
+    // 255 of the 256 bytes the input claims.
+    let (status, kind, body) = split(post_binary(&client, &url, &request, &[0; 255]).await).await;
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(kind, None, "a caller's mistake, not a model's");
+    assert!(
+        body["error"].as_str().unwrap().contains("binary_data_size"),
+        "{body}"
+    );
+    // A header that is not a length.
+    let response = client
+        .post(&url)
+        .header("inference-header-content-length", "lots")
+        .body(serde_json::to_vec(&support::digits_request()).unwrap())
+        .send()
+        .await
+        .unwrap();
+    let (status, _, body) = split(response).await;
+    assert_eq!(status, 400, "{body}");
+    assert!(
+        body["error"]
+            .as_str()
+            .unwrap()
+            .contains("Inference-Header-Content-Length")
+    );
+    support::assert_still_serving(&client).await;
+}

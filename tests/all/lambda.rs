@@ -42,15 +42,21 @@ fn event(name: &str) -> Value {
 }
 
 /// Runs `event` through the handler as the Lambda runtime would; returns
-/// the Lambda response as JSON, and its body parsed as JSON.
-async fn invoke(service: &LambdaService, event: Value) -> (Value, Value) {
+/// the Lambda response as JSON.
+async fn invoke_raw(service: &LambdaService, event: Value) -> Value {
     let payload: LambdaRequest = serde_json::from_value(event).unwrap();
     let mut adapter = lambda_http::Adapter::from(service.clone());
     let response = adapter
         .call(LambdaEvent::new(payload, Context::default()))
         .await
         .unwrap();
-    let response = serde_json::to_value(&response).unwrap();
+    serde_json::to_value(&response).unwrap()
+}
+
+/// [`invoke_raw`] for a JSON answer: returns the Lambda response and its
+/// body parsed as JSON.
+async fn invoke(service: &LambdaService, event: Value) -> (Value, Value) {
+    let response = invoke_raw(service, event).await;
     assert_eq!(
         response["isBase64Encoded"], false,
         "JSON answers are sent as text: {response}"
@@ -220,13 +226,7 @@ async fn binary_tensor_data_travels_base64_through_api_gateway() {
     headers["content-length"] = body.len().to_string().into();
     headers["inference-header-content-length"] = head.len().to_string().into();
 
-    let payload: LambdaRequest = serde_json::from_value(event).unwrap();
-    let mut adapter = lambda_http::Adapter::from(service.clone());
-    let response = adapter
-        .call(LambdaEvent::new(payload, Context::default()))
-        .await
-        .unwrap();
-    let response = serde_json::to_value(&response).unwrap();
+    let response = invoke_raw(&service, event).await;
     assert_eq!(response["statusCode"], 200, "{response}");
     assert_eq!(response["isBase64Encoded"], true, "{response}");
     assert_eq!(

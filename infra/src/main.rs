@@ -41,8 +41,8 @@ enum Command {
     Package {
         /// The binary to package; default: build it with
         /// `cargo build --release --workspace --bin bootstrap` (the workspace, so
-        /// that it shares the build of `cargo run --release -p host` and the
-        /// benchmarks) and use that.
+        /// that it shares the workspace's release build, the one the benchmarks
+        /// use) and use that.
         #[arg(long)]
         binary: Option<PathBuf>,
         /// Where to write the zip (where `deploy` looks by default).

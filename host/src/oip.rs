@@ -141,16 +141,6 @@ pub struct ParsedInfer {
     pub encoding: OutputEncoding,
 }
 
-/// Parses a JSON-only inference request body and checks it against
-/// `metadata` (see [`parse_infer`]).
-pub fn parse_infer_request(
-    body: &[u8],
-    metadata: &ModelMetadata,
-    limits: &RequestLimits,
-) -> Result<InferRequest, BadRequest> {
-    parse_infer(body, None, metadata, limits).map(|parsed| parsed.request)
-}
-
 /// Parses an inference request body and checks it against `metadata`.
 ///
 /// `json_len` is the `Inference-Header-Content-Length` header: the body's
@@ -821,36 +811,28 @@ impl InferResponseBody<'_> {
     /// The response body, and the length of its JSON object when binary
     /// data follows it (the `Inference-Header-Content-Length` header).
     pub fn to_bytes(&self) -> Result<(Vec<u8>, Option<usize>), serde_json::Error> {
-        let binary: usize = self
+        let binary: Vec<&Tensor> = self
             .outputs
             .iter()
             .filter(|t| self.encoding.is_binary(&t.name))
-            .map(|t| binary_len(&t.data))
-            .sum();
-        let mut body = Vec::with_capacity(256 + binary);
-        serde_json::to_writer(&mut body, self)?;
-        let mut binary_outputs = self
-            .outputs
-            .iter()
-            .filter(|t| self.encoding.is_binary(&t.name))
-            .peekable();
-        if binary_outputs.peek().is_none() {
-            return Ok((body, None));
+            .collect();
+        if binary.is_empty() {
+            return Ok((serde_json::to_vec(self)?, None));
         }
         // A BYTES element's length goes out as 4 bytes.
-        if binary_outputs.any(|t| match &t.data {
-            TensorData::Bytes(v) => v.iter().any(|e| u32::try_from(e.len()).is_err()),
-            _ => false,
+        if binary.iter().any(|t| {
+            matches!(&t.data, TensorData::Bytes(v) if v.iter().any(|e| u32::try_from(e.len()).is_err()))
         }) {
             return Err(serde::ser::Error::custom(
                 "a BYTES element of 4 GiB or more cannot be sent as binary data",
             ));
         }
+        let size: usize = binary.iter().map(|t| binary_len(&t.data)).sum();
+        let mut body = Vec::with_capacity(256 + size);
+        serde_json::to_writer(&mut body, self)?;
         let json_len = body.len();
-        for tensor in self.outputs {
-            if self.encoding.is_binary(&tensor.name) {
-                encode_binary(&tensor.data, &mut body);
-            }
+        for tensor in binary {
+            encode_binary(&tensor.data, &mut body);
         }
         Ok((body, Some(json_len)))
     }
@@ -1170,8 +1152,17 @@ mod tests {
         }
     }
 
+    /// Parses a JSON-only request against `meta`.
+    fn parse_json(
+        body: &str,
+        meta: &ModelMetadata,
+        limits: &RequestLimits,
+    ) -> Result<InferRequest, BadRequest> {
+        parse_infer(body.as_bytes(), None, meta, limits).map(|parsed| parsed.request)
+    }
+
     fn parse(body: &str) -> Result<InferRequest, BadRequest> {
-        parse_infer_request(body.as_bytes(), &metadata(), &RequestLimits::default())
+        parse_json(body, &metadata(), &RequestLimits::default())
     }
 
     fn fp32(req: &InferRequest) -> &[f32] {
@@ -1272,14 +1263,14 @@ mod tests {
         meta.inputs[0].datatype = Datatype::Uint8;
         let ok =
             r#"{"inputs":[{"name":"input","shape":[1,3],"datatype":"UINT8","data":[0,255,7]}]}"#;
-        let req = parse_infer_request(ok.as_bytes(), &meta, &RequestLimits::default()).unwrap();
+        let req = parse_json(ok, &meta, &RequestLimits::default()).unwrap();
         assert!(matches!(&req.inputs[0].data, TensorData::Uint8(v) if v == &[0, 255, 7]));
         for bad in ["[0,256,7]", "[0,-1,7]", "[0,1.5,7]", "[0,true,7]"] {
             let body = format!(
                 r#"{{"inputs":[{{"name":"input","shape":[1,3],"datatype":"UINT8","data":{bad}}}]}}"#
             );
             assert!(
-                parse_infer_request(body.as_bytes(), &meta, &RequestLimits::default()).is_err(),
+                parse_json(&body, &meta, &RequestLimits::default()).is_err(),
                 "{bad}"
             );
         }
@@ -1293,7 +1284,7 @@ mod tests {
         };
         let body =
             r#"{"inputs":[{"name":"input","shape":[2,3],"datatype":"FP32","data":[1,2,3,4,5,6]}]}"#;
-        let err = parse_infer_request(body.as_bytes(), &metadata(), &limits).unwrap_err();
+        let err = parse_json(body, &metadata(), &limits).unwrap_err();
         assert!(err.0.contains("more than 5"), "{err}");
     }
 
@@ -1400,8 +1391,9 @@ mod tests {
             TensorData::Int32(vec![i32::MIN, -1, i32::MAX]),
             TensorData::Int64(vec![i64::MIN, -1, i64::MAX]),
             TensorData::Fp16(vec![0x3c00, 0xc000, 0x7bff]),
-            TensorData::Fp32(vec![1.5, -0.0, f32::MAX]),
-            TensorData::Fp64(vec![1.5, -1e300, f64::MIN_POSITIVE]),
+            // Binary data carries what JSON numbers cannot: NaN, infinities.
+            TensorData::Fp32(vec![f32::NAN, -0.0, f32::MAX]),
+            TensorData::Fp64(vec![f64::NEG_INFINITY, -1e300, f64::MIN_POSITIVE]),
             TensorData::Bytes(vec![b"".to_vec(), b"hi".to_vec(), vec![0xff, 0, 1]]),
         ]
     }

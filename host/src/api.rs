@@ -138,6 +138,10 @@ impl From<crate::RepoError> for ApiError {
             RepoError::BadRequest(m) => ApiError::BadRequest(m),
             RepoError::NotFound(m) => ApiError::NotFound(m),
             RepoError::Conflict(m) => ApiError::Conflict(m),
+            // A stored version's refusal names itself; an upload's is the upload's.
+            RepoError::Signature(e @ crate::signing::SignatureError::Stored { .. }) => {
+                ApiError::Forbidden(e.to_string())
+            }
             RepoError::Signature(e) => ApiError::Forbidden(format!("upload refused: {e}")),
             RepoError::Storage(e) => ApiError::Internal(e),
         }
@@ -354,6 +358,13 @@ async fn ready(State(state): State<AppState>) -> Response {
     (status, Json(json!({ "ready": ready }))).into_response()
 }
 
+/// The model that answers a request to `name` (its active version) or to
+/// `name` version `version`. A version that is not the active one comes
+/// confined by the active version's policy ([`Registry::version`], see
+/// [`crate::registry::stricter_policy`]): its `policy()` is the one the
+/// request is held to, keys, guards and limits alike, so everything that
+/// reads the policy of the model it is given (authorisation, admission,
+/// guards) applies the stricter rule with nothing more to do.
 fn lookup(
     state: &AppState,
     name: &str,
@@ -376,42 +387,73 @@ fn specs_json(specs: &[TensorSpec]) -> serde_json::Value {
         .collect()
 }
 
-fn metadata_json(state: &AppState, model: &LoadedModel) -> serde_json::Value {
+/// A model's metadata, by who asks:
+///
+/// - the admin (the admin token, or IAM behind API Gateway: the
+///   [`crate::admin::Admin`] check): the Open Inference Protocol fields and
+///   an `airlock` section with the version served, its sha256, its kind and
+///   the policy in force for this route (limits, guards with their
+///   configuration, whether keys and signatures are required; the key
+///   hashes never, not even to the admin: a hash of a short key is a way to
+///   guess it offline, and nothing needs it on the wire);
+/// - anyone else: the protocol's fields only (name, versions, platform,
+///   inputs, outputs), what a client needs to form a request. When the
+///   policy in force for the route requires an API key, only with a key it
+///   accepts (401/403 otherwise, exactly as inference), so a key-protected
+///   model shows nothing of itself to callers who may not call it. Whether
+///   a name or version exists is not hidden (404 against 401 tells it on
+///   every route, as do the readiness routes); what it is, is.
+fn metadata_json(
+    state: &AppState,
+    model: &LoadedModel,
+    admin: bool,
+    headers: &HeaderMap,
+) -> Result<serde_json::Value, ApiError> {
+    if !admin {
+        authorize(model, headers)?;
+    }
     let versions: Vec<String> = state
         .registry
         .entry(model.name())
         .map(|e| e.versions.keys().cloned().collect())
         .unwrap_or_default();
     let meta = model.metadata();
-    json!({
+    let mut value = json!({
         "name": model.name(),
         "versions": versions,
         "platform": meta.platform,
         "inputs": specs_json(&meta.inputs),
         "outputs": specs_json(&meta.outputs),
-        "airlock": {
+    });
+    if admin {
+        value["airlock"] = json!({
             "version": model.version(),
             "sha256": model.digest(),
             "kind": model.kind(),
             "policy": model.policy().to_json(),
-        },
-    })
+        });
+    }
+    Ok(value)
 }
 
 async fn model_metadata(
+    admin: Result<crate::admin::Admin, ApiError>,
     State(state): State<AppState>,
     Path(name): Path<String>,
+    headers: HeaderMap,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let model = lookup(&state, &name, None)?;
-    Ok(Json(metadata_json(&state, &model)))
+    metadata_json(&state, &model, admin.is_ok(), &headers).map(Json)
 }
 
 async fn model_version_metadata(
+    admin: Result<crate::admin::Admin, ApiError>,
     State(state): State<AppState>,
     Path((name, version)): Path<(String, String)>,
+    headers: HeaderMap,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let model = lookup(&state, &name, Some(&version))?;
-    Ok(Json(metadata_json(&state, &model)))
+    metadata_json(&state, &model, admin.is_ok(), &headers).map(Json)
 }
 
 async fn model_ready(
@@ -494,6 +536,10 @@ async fn metrics(_: crate::admin::Admin, State(state): State<AppState>) -> Respo
 /// Checks the caller's API key against the model's policy: any caller when
 /// the policy lists no keys; else `Authorization: Bearer <key>` (or
 /// `x-api-key`) whose sha256 is listed. Compared without early exit.
+///
+/// `model` as [`lookup`] returns it: for a version route to an inactive
+/// version its policy is already the stricter of that version's and the
+/// active version's, so the one key presented must be accepted by both.
 fn authorize(model: &LoadedModel, headers: &HeaderMap) -> Result<(), ApiError> {
     let allowed = &model.policy().api_keys;
     if allowed.is_empty() {

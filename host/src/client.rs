@@ -194,7 +194,9 @@ impl Client {
 
     /// Uploads `wasm` as a new version of `name`, with `manifest` (the text
     /// of a policy manifest) when given, calling `progress(sent, total)` as
-    /// the body goes out; `via` picks direct or presigned.
+    /// the body goes out; `via` picks direct or presigned. `signature` is
+    /// sent as it is: it must cover `wasm` and this manifest (or the absence
+    /// of one), as [`crate::signing::sign`] makes it from the same file.
     // The arguments are the upload's independent knobs, as on the command line.
     #[allow(clippy::too_many_arguments)]
     pub fn push(

@@ -102,11 +102,12 @@ pub struct LoadedModel {
     policy: Policy,
     backend: Backend,
     inflight: Arc<AtomicU32>,
-    stats: crate::metrics::ModelStats,
+    stats: Arc<crate::metrics::ModelStats>,
     runtime: Runtime,
 }
 
 /// How a model runs.
+#[derive(Clone)]
 enum Backend {
     /// A component of the `model` world.
     Component(ModelPre<SandboxState>),
@@ -245,7 +246,7 @@ impl LoadedModel {
             policy,
             backend,
             inflight: Arc::default(),
-            stats: crate::metrics::ModelStats::default(),
+            stats: Arc::default(),
             runtime: runtime.clone(),
         };
         let report = LoadReport {
@@ -254,6 +255,24 @@ impl LoadedModel {
             total: start.elapsed(),
         };
         Ok((model, report))
+    }
+
+    /// The same model (compiled component, concurrency slots, metrics)
+    /// with `policy` in force instead of its own: what requests addressed
+    /// to an inactive version run under (see
+    /// [`crate::registry::stricter_policy`]).
+    pub fn with_policy(&self, policy: Policy) -> Self {
+        Self {
+            name: self.name.clone(),
+            version: self.version.clone(),
+            digest: self.digest.clone(),
+            metadata: self.metadata.clone(),
+            policy,
+            backend: self.backend.clone(),
+            inflight: Arc::clone(&self.inflight),
+            stats: Arc::clone(&self.stats),
+            runtime: self.runtime.clone(),
+        }
     }
 
     /// The same model served as `version`.

@@ -188,17 +188,17 @@ impl Host {
             return Err(RepoError::BadRequest("the upload is empty".into()));
         }
         let current = self.store.read_index(name)?;
-        let active_requires = current
-            .as_ref()
-            .and_then(|index| index.version(index.active.as_deref()?))
-            .and_then(|record| record.manifest.as_ref())
-            .is_some_and(|m| m.require_signatures);
         let required = self.config.require_signatures
-            || active_requires
+            || current.as_ref().is_some_and(active_requires_signatures)
             || manifest.is_some_and(|m| m.require_signatures);
         let keys = &self.config.trusted_keys;
-        let signed_by = match signature {
-            Some(signature) if !keys.is_empty() => Some(keys.verify(wasm, signature)?),
+        // (key that verified it, the signature), kept in the index entry.
+        let signed = match signature {
+            Some(signature) if !keys.is_empty() => {
+                let subject = crate::signing::Subject::new(wasm, manifest);
+                let key = keys.verify(&subject, signature)?;
+                Some((key, signature.trim().to_ascii_lowercase()))
+            }
             None if required => {
                 return Err(crate::signing::SignatureError::Missing.into());
             }
@@ -212,12 +212,14 @@ impl Host {
         let policy = self.policy_for(manifest)?;
         let digest = sha256_hex(wasm);
 
-        // Identical bytes and manifest already stored: nothing to compile or write.
+        // Identical bytes and manifest already stored: nothing to compile or
+        // write (unless this upload brings a signature the stored one lacks).
         if let Some(index) = &current
-            && let Some(existing) = index
-                .versions
-                .iter()
-                .find(|v| v.sha256 == digest && v.manifest.as_ref() == manifest)
+            && let Some(existing) = index.versions.iter().find(|v| {
+                v.sha256 == digest
+                    && v.manifest.as_ref() == manifest
+                    && (signed.is_none() || v.signature.is_some())
+            })
         {
             let version = existing.version.clone();
             let active = if activate {
@@ -322,7 +324,8 @@ impl Host {
                 size: wasm.len() as u64,
                 uploaded_unix,
                 model_version: model_version.clone(),
-                signed_by: signed_by.clone(),
+                signed_by: signed.as_ref().map(|(key, _)| key.clone()),
+                signature: signed.as_ref().map(|(_, signature)| signature.clone()),
                 manifest: manifest.cloned(),
             });
             let make_active = activate || index.active.is_none();
@@ -341,6 +344,12 @@ impl Host {
                     self.guards
                         .insert(Arc::new((*guard).relabel(&version)), make_active);
                 }
+            }
+            // Signatures required now (by the server or by the active
+            // version, perhaps this one): the versions whose signature
+            // does not hold stop being served. Nothing is loaded again.
+            if self.config.require_signatures || active_requires_signatures(&index) {
+                self.publish(&index)?;
             }
         }
         tracing::info!(
@@ -365,15 +374,18 @@ impl Host {
         })
     }
 
-    /// Makes `version` the active version of `name`.
+    /// Makes `version` the active version of `name`. While signatures are
+    /// required (see [`Host::check_signature`]), only a version whose stored
+    /// signature verifies may become active.
     pub fn activate(&self, name: &str, version: &str) -> Result<(), RepoError> {
         let _guard = self.lock();
         let (index, ()) = self.update_existing(name, |index| {
-            if index.version(version).is_none() {
+            let Some(record) = index.version(version) else {
                 return Err(RepoError::NotFound(format!(
                     "model {name:?} has no version {version:?}"
                 )));
-            }
+            };
+            self.check_signature(name, record, active_requires_signatures(index))?;
             index.activate(version);
             Ok(())
         })?;
@@ -382,14 +394,22 @@ impl Host {
     }
 
     /// Re-activates the previously active version of `name`; returns it.
+    /// Refused, as [`Host::activate`] is, when signatures are required and
+    /// that version's stored signature does not verify.
     pub fn rollback(&self, name: &str) -> Result<String, RepoError> {
         let _guard = self.lock();
         let (index, version) = self.update_existing(name, |index| {
-            index.rollback().ok_or_else(|| {
+            // Judged by the version rolled back from, as an activation is.
+            let active_requires = active_requires_signatures(index);
+            let version = index.rollback().ok_or_else(|| {
                 RepoError::Conflict(format!(
                     "model {name:?} has no previous version to roll back to"
                 ))
-            })
+            })?;
+            if let Some(record) = index.version(&version) {
+                self.check_signature(name, record, active_requires)?;
+            }
+            Ok(version)
         })?;
         self.publish(&index)?;
         Ok(version)
@@ -474,7 +494,12 @@ impl Host {
                 continue;
             };
             if index.loaded && index.active.is_some() {
-                self.publish(&index)?;
+                match self.publish(&index) {
+                    // Refused (and logged) for its signature: the others
+                    // are served all the same.
+                    Err(RepoError::Signature(_)) => continue,
+                    other => other?,
+                }
                 served.push(name);
             }
         }
@@ -516,6 +541,88 @@ impl Host {
             )));
         }
         Ok(policy)
+    }
+
+    /// Checks the stored signature of `record`, a version of model `name`,
+    /// when the model requires signatures; `active_requires` says whether
+    /// the manifest of its active version does.
+    ///
+    /// A version must carry a signature that verifies when any of these
+    /// holds:
+    /// - the server requires signatures (`--require-signatures`): every
+    ///   version of every model and guard;
+    /// - the manifest of the model's active version says
+    ///   `require_signatures = true` (the active version's policy governs
+    ///   the name, as it does for uploads and version routes);
+    /// - the version's own manifest says so.
+    ///
+    /// "Verifies" means: a signature is stored, it is of the current format
+    /// (component and manifest, see [`crate::signing`]), and the key the
+    /// index names as `signed_by` is still trusted by this server and
+    /// verifies it over the stored digest and manifest. A signature is
+    /// stored in the index, and the index is writable by whoever writes the
+    /// store: against such a writer only the server flag is a guarantee (a
+    /// per-model requirement is itself in the index), while the signature
+    /// still binds what the signer approved (bytes, and policy).
+    pub fn check_signature(
+        &self,
+        name: &str,
+        record: &VersionRecord,
+        active_requires: bool,
+    ) -> Result<(), crate::signing::SignatureError> {
+        use crate::signing::{SignatureError, Subject};
+        let required = self.config.require_signatures
+            || active_requires
+            || record
+                .manifest
+                .as_ref()
+                .is_some_and(|m| m.require_signatures);
+        if !required {
+            return Ok(());
+        }
+        let checked = match (&record.signature, &record.signed_by) {
+            (Some(signature), Some(signed_by)) => {
+                Subject::stored(&record.sha256, record.manifest.as_ref()).and_then(|subject| {
+                    self.config
+                        .trusted_keys
+                        .verify_by(signed_by, &subject, signature)
+                })
+            }
+            (Some(_), None) => Err(SignatureError::Untrusted),
+            (None, _) => Err(SignatureError::Unsigned),
+        };
+        checked.map_err(|reason| SignatureError::Stored {
+            name: name.to_owned(),
+            version: record.version.clone(),
+            reason: Box::new(reason),
+        })
+    }
+
+    /// `index` with only the versions that may be served (see
+    /// [`Host::publish`]).
+    fn servable(&self, index: &ModelIndex) -> Result<ModelIndex, RepoError> {
+        let active_requires = active_requires_signatures(index);
+        let mut servable = index.clone();
+        let mut active_refused = None;
+        servable.versions.retain(|record| {
+            let Err(error) = self.check_signature(&index.name, record, active_requires) else {
+                return true;
+            };
+            tracing::error!(
+                model = %index.name,
+                version = %record.version,
+                error = %error,
+                "stored version refused: not served"
+            );
+            if index.active.as_deref() == Some(record.version.as_str()) {
+                active_refused = Some(error);
+            }
+            false
+        });
+        match active_refused {
+            Some(error) => Err(error.into()),
+            None => Ok(servable),
+        }
     }
 
     /// Refuses a model manifest naming a guard (or a pinned guard version)
@@ -567,11 +674,18 @@ impl Host {
 
     /// Makes the registry match `index`: every version loaded (reusing the
     /// ones already in memory), the active one answering by default.
+    ///
+    /// While signatures are required (see [`Host::check_signature`]), a
+    /// version whose stored signature does not verify is not served (and
+    /// the refusal is logged); when that is the active version, nothing of
+    /// the model is published and the error says why. This runs on every
+    /// load: a process start, a store refresh, `load`, `activate`.
     pub(crate) fn publish(&self, index: &ModelIndex) -> Result<(), RepoError> {
         if !index.loaded {
             self.unpublish(&index.name);
             return Ok(());
         }
+        let index = &self.servable(index)?;
         match index.kind {
             Kind::Model => publish_into(&self.registry, index, &*self.store, |record, fetch| {
                 let policy = self.policy_for(record.manifest.as_ref())?;
@@ -601,6 +715,17 @@ impl Host {
             }),
         }
     }
+}
+
+/// Whether the manifest of the active version of the model `index`
+/// describes says `require_signatures = true`.
+fn active_requires_signatures(index: &ModelIndex) -> bool {
+    index
+        .active
+        .as_deref()
+        .and_then(|active| index.version(active))
+        .and_then(|record| record.manifest.as_ref())
+        .is_some_and(|m| m.require_signatures)
 }
 
 /// What an upload turned out to be, loaded.

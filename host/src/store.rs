@@ -83,6 +83,11 @@ pub struct VersionRecord {
     /// The trusted public key (hex) whose signature the upload carried.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub signed_by: Option<String>,
+    /// That signature (hex; see [`crate::signing`]), over the component and
+    /// `manifest`: checked again whenever the version is loaded or
+    /// activated while signatures are required.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signature: Option<String>,
     /// The manifest uploaded with the version (its policy; the metadata of
     /// a WASI preview 1 command). API keys in it are hashed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -451,6 +456,7 @@ mod tests {
                 uploaded_unix: 0,
                 model_version: "x".into(),
                 signed_by: None,
+                signature: None,
                 manifest: None,
             });
             index.activate(v);

@@ -292,7 +292,27 @@ fn keygen_and_sign_produce_a_signature_the_server_side_accepts() {
     let keys = airlock::signing::TrustedKeys::from_hex([public.as_str()]).unwrap();
     let signature = std::fs::read_to_string(dir.path().join("model.wasm.sig")).unwrap();
     let wasm = std::fs::read(&model).unwrap();
-    assert_eq!(keys.verify(&wasm, &signature), Ok(public.trim().to_owned()));
+    let bare = airlock::signing::Subject::new(&wasm, None);
+    assert_eq!(keys.verify(&bare, &signature), Ok(public.trim().to_owned()));
+    // With the manifest it will be pushed with: the signature covers both,
+    // and is not valid for the component alone.
+    std::fs::write(dir.path().join("policy.toml"), "max_concurrency = 2\n").unwrap();
+    run(&[
+        "sign",
+        "model.wasm",
+        "--key",
+        "team.key",
+        "--policy",
+        "policy.toml",
+    ]);
+    let signature = std::fs::read_to_string(dir.path().join("model.wasm.sig")).unwrap();
+    let manifest = airlock::manifest::Manifest::parse(b"max_concurrency = 2").unwrap();
+    let covered = airlock::signing::Subject::new(&wasm, Some(&manifest));
+    assert_eq!(
+        keys.verify(&covered, &signature),
+        Ok(public.trim().to_owned())
+    );
+    assert!(keys.verify(&bare, &signature).is_err());
     // keygen never overwrites a key.
     let again = Command::new(env!("CARGO_BIN_EXE_airlock"))
         .args(["keygen", "--out", "team"])

@@ -168,6 +168,7 @@ async fn the_text_model_still_answers_behind_the_redactor() {
     assert_eq!(label(&guarded), label(&bare));
     let metadata: Value = client
         .get(server().url("/v2/models/ch-langid"))
+        .bearer_auth(ADMIN_TOKEN)
         .send()
         .await
         .unwrap()

@@ -23,6 +23,7 @@ async fn a_wasip1_command_serves_like_a_component() {
 
     let response = client
         .get(s.url("/v2/models/digits-p1"))
+        .bearer_auth(crate::support::ADMIN_TOKEN)
         .send()
         .await
         .unwrap();

@@ -13,6 +13,7 @@ mod clients;
 mod commands;
 mod compile;
 mod errors;
+mod escapes;
 mod guards;
 mod hostile;
 mod lambda;

@@ -45,9 +45,11 @@ async fn a_manifest_sets_the_policy_and_every_request_is_held_to_it() {
         upload_with_manifest(&client, "pol-digits", digits(), Some(&manifest), true).await;
     assert_eq!(status, 201, "{body}");
 
-    // The effective policy is in the metadata; the keys are not.
+    // The effective policy is in the metadata (for the admin); the keys
+    // are not.
     let response = client
         .get(s.url("/v2/models/pol-digits"))
+        .bearer_auth(ADMIN_TOKEN)
         .send()
         .await
         .unwrap();

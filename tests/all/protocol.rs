@@ -28,6 +28,7 @@ async fn model_metadata_and_readiness() {
         let (status, _, meta) = split(
             client
                 .get(s.url(&format!("/v2/models/{name}")))
+                .bearer_auth(support::ADMIN_TOKEN)
                 .send()
                 .await
                 .unwrap(),
@@ -49,7 +50,15 @@ async fn model_metadata_and_readiness() {
         assert_eq!(digest.len(), 64);
 
         let versioned = s.url(&format!("/v2/models/{name}/versions/1"));
-        let (status, _, again) = split(client.get(&versioned).send().await.unwrap()).await;
+        let (status, _, again) = split(
+            client
+                .get(&versioned)
+                .bearer_auth(support::ADMIN_TOKEN)
+                .send()
+                .await
+                .unwrap(),
+        )
+        .await;
         assert_eq!(status, 200);
         assert_eq!(again, meta);
 

@@ -459,7 +459,7 @@ async fn signatures_are_checked_before_anything_is_compiled_or_stored() {
         "{unsigned}"
     );
     nothing_left(&host);
-    let wrong = signing::sign(&stranger, &digits).unwrap();
+    let wrong = signing::sign(&stranger, &digits, None).unwrap();
     let refused = host
         .upload_with(
             "signed",
@@ -480,7 +480,7 @@ async fn signatures_are_checked_before_anything_is_compiled_or_stored() {
     );
     nothing_left(&host);
     // A signature over other bytes does not carry over.
-    let other = signing::sign(&secret, b"other bytes").unwrap();
+    let other = signing::sign(&secret, b"other bytes", None).unwrap();
     assert!(
         host.upload_with(
             "signed",
@@ -519,7 +519,7 @@ async fn signatures_are_checked_before_anything_is_compiled_or_stored() {
     );
     nothing_left(&host);
 
-    let good = signing::sign(&secret, &digits).unwrap();
+    let good = signing::sign(&secret, &digits, None).unwrap();
     let response = host.router().oneshot(request(Some(&good))).await.unwrap();
     assert_eq!(response.status(), 201);
     let listed = host.list().unwrap();

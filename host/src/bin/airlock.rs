@@ -36,8 +36,9 @@ enum Command {
         /// WASI preview 1 command module, whose `[metadata]` it declares.
         #[arg(long)]
         policy: Option<PathBuf>,
-        /// Detached signature file (from `airlock sign`); `<FILE>.sig` is
-        /// used when it exists and this is not given.
+        /// Detached signature file (from `airlock sign`, given the same
+        /// `--policy`: it covers the component and the manifest);
+        /// `<FILE>.sig` is used when it exists and this is not given.
         #[arg(long)]
         signature: Option<PathBuf>,
         /// How to send it: `auto` goes through a presigned upload to the
@@ -54,13 +55,19 @@ enum Command {
         #[arg(long, default_value = "airlock-signing")]
         out: PathBuf,
     },
-    /// Sign a model component: writes `<FILE>.sig`.
+    /// Sign a model component and the manifest it is pushed with: writes
+    /// `<FILE>.sig`. The signature covers both, so push the same manifest
+    /// (`--policy`) that was signed, or none if none was.
     Sign {
         /// The component to sign.
         file: PathBuf,
         /// The secret key file from `airlock keygen`.
         #[arg(long)]
         key: PathBuf,
+        /// The policy manifest (TOML or JSON) the component will be pushed
+        /// with (`airlock push --policy`).
+        #[arg(long, alias = "manifest")]
+        policy: Option<PathBuf>,
     },
     /// List stored models and their versions.
     Models {
@@ -243,7 +250,7 @@ fn main() -> std::process::ExitCode {
             &file, &name, activate, policy, signature, upload_via, remote,
         ),
         Command::Keygen { out } => keygen(&out),
-        Command::Sign { file, key } => sign(&file, &key),
+        Command::Sign { file, key, policy } => sign(&file, &key, policy.as_deref()),
         Command::Models { remote } => models(remote),
         Command::Activate {
             name,
@@ -356,11 +363,26 @@ fn keygen(out: &std::path::Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn sign(file: &std::path::Path, key: &std::path::Path) -> anyhow::Result<()> {
+fn sign(
+    file: &std::path::Path,
+    key: &std::path::Path,
+    policy: Option<&std::path::Path>,
+) -> anyhow::Result<()> {
     let wasm = std::fs::read(file).with_context(|| format!("failed to read {}", file.display()))?;
     let secret = std::fs::read_to_string(key)
         .with_context(|| format!("failed to read {}", key.display()))?;
-    let signature = airlock::signing::sign(&secret, &wasm)?;
+    // Parsed exactly as the server will parse it: the signature covers the
+    // manifest as stored (see airlock::signing).
+    let manifest = policy
+        .map(|path| {
+            let text = std::fs::read(path)
+                .with_context(|| format!("failed to read {}", path.display()))?;
+            airlock::manifest::Manifest::parse(&text)
+                .map_err(anyhow::Error::msg)
+                .with_context(|| format!("{} is not a valid manifest", path.display()))
+        })
+        .transpose()?;
+    let signature = airlock::signing::sign(&secret, &wasm, manifest.as_ref())?;
     let out = sig_path(file);
     std::fs::write(&out, format!("{signature}\n"))
         .with_context(|| format!("failed to write {}", out.display()))?;

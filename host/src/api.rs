@@ -65,6 +65,10 @@ pub enum ApiError {
     /// 413: the body is over the limit.
     #[error("{0}")]
     PayloadTooLarge(String),
+    /// 408: the request body did not arrive within the server's body
+    /// deadline or minimum rate.
+    #[error("{0}")]
+    RequestTimeout(String),
     /// 401: no credentials for the repository API.
     #[error("{0}")]
     Unauthorized(String),
@@ -150,6 +154,9 @@ impl From<crate::RepoError> for ApiError {
 
 impl From<BytesRejection> for ApiError {
     fn from(rejection: BytesRejection) -> Self {
+        if let Some(timeout) = crate::server::find_body_timeout(&rejection) {
+            return ApiError::RequestTimeout(timeout.to_string());
+        }
         match rejection.status() {
             StatusCode::PAYLOAD_TOO_LARGE => {
                 ApiError::PayloadTooLarge("the request body is over the size limit".into())
@@ -167,6 +174,7 @@ impl ApiError {
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::RequestTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
             ApiError::Conflict(_) => StatusCode::CONFLICT,

@@ -12,6 +12,7 @@ mod chains;
 mod clients;
 mod commands;
 mod compile;
+mod connections;
 mod errors;
 mod escapes;
 mod guards;

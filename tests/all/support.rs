@@ -74,6 +74,15 @@ fn start() -> Server {
 /// shared one: `configure` adjusts the test configuration, and `models`
 /// lists the (name, component path) pairs to serve.
 pub fn start_with(configure: impl FnOnce(&mut HostConfig), models: &[(&str, &str)]) -> Server {
+    start_with_limits(configure, models, airlock::server::ServerLimits::default())
+}
+
+/// Like [`start_with`], with the transport's connection limits `limits`.
+pub fn start_with_limits(
+    configure: impl FnOnce(&mut HostConfig),
+    models: &[(&str, &str)],
+    limits: airlock::server::ServerLimits,
+) -> Server {
     let data = tempfile::tempdir().unwrap();
     let mut config = test_config(data.path());
     configure(&mut config);
@@ -103,7 +112,7 @@ pub fn start_with(configure: impl FnOnce(&mut HostConfig), models: &[(&str, &str
                 listener,
                 tls,
                 router,
-                airlock::server::ServerLimits::default(),
+                limits,
                 std::future::pending(),
             )
             .await

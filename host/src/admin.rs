@@ -132,6 +132,15 @@ async fn index(
     let mut rows = Vec::new();
     for status in models {
         let index = status.index;
+        if status.unreadable {
+            // Reported for this name only; the details are in the log.
+            rows.push(json!({
+                "name": index.name,
+                "state": if status.serving { "READY" } else { "UNAVAILABLE" },
+                "reason": "the stored index is unreadable (see the server log)",
+            }));
+            continue;
+        }
         for record in &index.versions {
             let active = index.active.as_deref() == Some(record.version.as_str());
             let (state, reason) = if status.serving {

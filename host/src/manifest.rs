@@ -27,6 +27,15 @@
 //! inputs = [{ name = "input", datatype = "FP32", shape = [-1, 64] }]
 //! outputs = [{ name = "probabilities", datatype = "FP32", shape = [-1, 10] }]
 //! ```
+//!
+//! Bounds: a manifest is at most [`MAX_MANIFEST_BYTES`] (64 KiB) of text, and
+//! a guard configuration nests at most [`MAX_GUARD_CONFIG_DEPTH`] (32) arrays
+//! and tables deep (the rest of a manifest has a fixed shape). The manifest
+//! is stored inside the model's index (`models/<name>/index.json`), a few
+//! levels deeper than it was uploaded, and that index is read back with
+//! serde_json's nesting limit of 128 at every start: the bound keeps whatever
+//! is accepted well inside that limit, so an accepted upload can always be
+//! read back (see the round-trip test in `store.rs`).
 
 use std::time::Duration;
 
@@ -44,6 +53,12 @@ const MAX_DEADLINE_MS: u64 = 60_000;
 const MAX_GUARDS: usize = 8;
 /// Largest guard configuration, as JSON text.
 const MAX_GUARD_CONFIG_BYTES: usize = 64 << 10;
+/// Largest manifest, as uploaded (TOML or JSON text).
+pub const MAX_MANIFEST_BYTES: usize = 64 << 10;
+/// Deepest nesting of arrays and tables (objects) in a guard configuration:
+/// `{}` and `[]` are depth 1, a string or number 0. Stored in an index, a
+/// configuration sits 7 levels deep; 7 + 32 is far below serde_json's 128.
+pub const MAX_GUARD_CONFIG_DEPTH: usize = 32;
 
 /// The manifest as uploaded (after validation; API keys are stored hashed).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -196,6 +211,12 @@ impl Manifest {
     /// Parses and validates a manifest; plain API keys come back hashed.
     /// Errors name the offending field.
     pub fn parse(text: &[u8]) -> Result<Self, String> {
+        if text.len() > MAX_MANIFEST_BYTES {
+            return Err(format!(
+                "the manifest is {} bytes; at most {MAX_MANIFEST_BYTES} are accepted",
+                text.len()
+            ));
+        }
         let text = std::str::from_utf8(text).map_err(|_| "the manifest is not UTF-8".to_owned())?;
         let mut manifest: Self = if text.trim_start().starts_with('{') {
             serde_json::from_str(text).map_err(|e| format!("invalid manifest (JSON): {e}"))?
@@ -239,6 +260,16 @@ impl Manifest {
                 if guard.config_text().len() > MAX_GUARD_CONFIG_BYTES {
                     return Err(format!(
                         "manifest field `guards.{stage}[{i}].config` is over {MAX_GUARD_CONFIG_BYTES} bytes"
+                    ));
+                }
+                // Checked on the parsed value, so TOML (whose parser has a
+                // limit of its own) and JSON are held to the same bound.
+                if let Some(config) = &guard.config
+                    && nesting_depth(&config.value) > MAX_GUARD_CONFIG_DEPTH
+                {
+                    return Err(format!(
+                        "manifest field `guards.{stage}[{i}].config` nests arrays and tables \
+                         more than {MAX_GUARD_CONFIG_DEPTH} levels deep"
                     ));
                 }
             }
@@ -291,6 +322,24 @@ impl Manifest {
         policy.guards = self.guards.clone();
         policy
     }
+}
+
+/// How deeply arrays and objects nest in `value` (a scalar: 0). Walks an
+/// explicit stack, so a value that is deeper than the stack allows (which the
+/// parsers already refuse) could not overflow it either.
+fn nesting_depth(value: &serde_json::Value) -> usize {
+    let mut deepest = 0;
+    let mut stack = vec![(value, 0usize)];
+    while let Some((value, depth)) = stack.pop() {
+        let children: Box<dyn Iterator<Item = &serde_json::Value>> = match value {
+            serde_json::Value::Array(items) => Box::new(items.iter()),
+            serde_json::Value::Object(map) => Box::new(map.values()),
+            _ => continue,
+        };
+        deepest = deepest.max(depth + 1);
+        stack.extend(children.map(|child| (child, depth + 1)));
+    }
+    deepest
 }
 
 fn check_range(field: &str, value: Option<u64>, min: u64, max: u64) -> Result<(), String> {
@@ -515,6 +564,151 @@ mod tests {
                 .check_for_guard()
                 .is_ok()
         );
+    }
+
+    /// A guard configuration of `depth` nested objects and arrays.
+    pub(crate) fn deep_config_json(depth: usize) -> String {
+        let mut text = String::from("1");
+        for level in 0..depth {
+            text = if level % 2 == 0 {
+                format!("[{text}]")
+            } else {
+                format!("{{\"k\": {text}}}")
+            };
+        }
+        text
+    }
+
+    #[test]
+    fn guard_configs_are_bounded_in_depth() {
+        assert_eq!(nesting_depth(&serde_json::json!(1)), 0);
+        assert_eq!(nesting_depth(&serde_json::json!({})), 1);
+        assert_eq!(
+            nesting_depth(&serde_json::json!({"a": [1, {"b": []}], "c": 2})),
+            4
+        );
+        assert_eq!(
+            nesting_depth(&serde_json::from_str(&deep_config_json(20)).unwrap()),
+            20
+        );
+
+        let json = |depth| {
+            format!(
+                r#"{{"guards": {{"request": [{{"name": "g", "config": {}}}]}}}}"#,
+                deep_config_json(depth)
+            )
+        };
+        let m = Manifest::parse(json(MAX_GUARD_CONFIG_DEPTH).as_bytes()).unwrap();
+        assert_eq!(m.guards.request[0].config_text().matches('[').count(), 16);
+        // Within serde_json's own limit of 128, but not within ours.
+        let err = Manifest::parse(json(MAX_GUARD_CONFIG_DEPTH + 1).as_bytes()).unwrap_err();
+        assert!(err.contains("guards.request[0].config"), "{err}");
+        assert!(err.contains("32 levels"), "{err}");
+        let err = Manifest::parse(json(120).as_bytes()).unwrap_err();
+        assert!(err.contains("32 levels"), "{err}");
+
+        // TOML: inline tables and arrays, checked on the parsed value.
+        let toml = |depth: usize| {
+            let mut value = String::from("1");
+            for _ in 0..depth {
+                value = format!("{{ k = {value} }}");
+            }
+            format!("[[guards.response]]\nname = \"g\"\nconfig = {value}\n")
+        };
+        assert!(Manifest::parse(toml(MAX_GUARD_CONFIG_DEPTH).as_bytes()).is_ok());
+        let err = Manifest::parse(toml(MAX_GUARD_CONFIG_DEPTH + 1).as_bytes()).unwrap_err();
+        assert!(err.contains("guards.response[0].config"), "{err}");
+        // Deeper than TOML's own parser allows: refused by it, not a crash.
+        assert!(Manifest::parse(toml(200).as_bytes()).is_err());
+    }
+
+    /// Whatever is accepted can be stored and read back: the deepest
+    /// configurations allowed, in every guard slot, in a JSON and a TOML
+    /// manifest, go through the index writer and reader of the store.
+    #[test]
+    fn the_deepest_accepted_manifest_round_trips_through_the_index() {
+        use crate::store::{FsStore, ModelIndex, Store, VersionRecord};
+        let guard = format!(
+            r#"{{"name": "g", "version": "1", "config": {}}}"#,
+            deep_config_json(MAX_GUARD_CONFIG_DEPTH)
+        );
+        let chain = vec![guard; MAX_GUARDS].join(", ");
+        let json = format!(
+            r#"{{"guards": {{"request": [{chain}], "response": [{chain}]}},
+                "metadata": {{"inputs": [{{"name": "x", "datatype": "FP32", "shape": [-1, 4]}}],
+                              "outputs": [{{"name": "y", "datatype": "FP32", "shape": [-1]}}]}}}}"#
+        );
+        // The same configuration as inline TOML arrays and tables.
+        let mut toml_value = String::from("1");
+        for level in 0..MAX_GUARD_CONFIG_DEPTH {
+            toml_value = if level % 2 == 0 {
+                format!("[{toml_value}]")
+            } else {
+                format!("{{ k = {toml_value} }}")
+            };
+        }
+        let toml =
+            format!("[[guards.request]]\nname = \"g\"\nconfig = {toml_value}\n").repeat(MAX_GUARDS);
+        let manifests = [
+            Manifest::parse(json.as_bytes()).unwrap(),
+            Manifest::parse(toml.as_bytes()).unwrap(),
+        ];
+        assert_eq!(
+            manifests[1].guards.request[0].config, manifests[0].guards.request[0].config,
+            "the same configuration either way"
+        );
+
+        let dir = tempfile::tempdir().unwrap();
+        let store = FsStore::new(dir.path());
+        let mut index = ModelIndex::new("deep");
+        for (i, manifest) in manifests.into_iter().enumerate() {
+            // From JSON, so that fields added to the record later need no change here.
+            let mut record: VersionRecord = serde_json::from_value(serde_json::json!({
+                "version": (i + 1).to_string(), "sha256": "0".repeat(64), "size": 1,
+                "uploaded_unix": 0, "model_version": "1",
+            }))
+            .unwrap();
+            record.manifest = Some(manifest);
+            index.versions.push(record);
+        }
+        index.activate("2");
+        Store::write_index(&store, &index).unwrap();
+        assert_eq!(
+            Store::read_index(&store, "deep").unwrap(),
+            Some(index.clone())
+        );
+        // What the bound prevents: a configuration serde_json itself accepts
+        // in a manifest (depth 121 + 5 < 128) cannot be read back once stored.
+        let mut unbounded = index.clone();
+        let config = serde_json::from_str::<serde_json::Value>(&deep_config_json(121)).unwrap();
+        unbounded.versions[0]
+            .manifest
+            .as_mut()
+            .unwrap()
+            .guards
+            .request[0]
+            .config = Some(GuardConfig::from(config));
+        Store::write_index(&store, &unbounded).unwrap();
+        let err = Store::read_index(&store, "deep").unwrap_err();
+        assert!(format!("{err:#}").contains("recursion limit"), "{err:#}");
+        // The reader S3 uses, on the writer's exact bytes.
+        let bytes = serde_json::to_vec_pretty(&index).unwrap();
+        assert_eq!(
+            crate::store::parse_index("deep", &bytes, "test").unwrap(),
+            index
+        );
+    }
+
+    #[test]
+    fn manifests_are_bounded_in_size() {
+        let padding = format!("memory_mib = 64\n#{}\n", "x".repeat(MAX_MANIFEST_BYTES));
+        let err = Manifest::parse(padding.as_bytes()).unwrap_err();
+        assert!(err.contains(&MAX_MANIFEST_BYTES.to_string()), "{err}");
+        let fits = format!(
+            "memory_mib = 64\n#{}\n",
+            "x".repeat(MAX_MANIFEST_BYTES - 100)
+        );
+        assert!(Manifest::parse(fits.as_bytes()).is_ok());
     }
 
     #[test]

@@ -87,6 +87,9 @@ pub struct ModelStatus {
     pub index: ModelIndex,
     /// Whether it is being served now.
     pub serving: bool,
+    /// Its stored index could not be read (the error is in the log); `index`
+    /// is then an empty one of that name.
+    pub unreadable: bool,
 }
 
 impl Host {
@@ -435,11 +438,10 @@ impl Host {
         })?;
         self.publish(&index)?;
         if !self.store.list()?.iter().any(|other| {
-            self.store
-                .read_index(other)
-                .ok()
-                .flatten()
-                .is_some_and(|i| i.versions.iter().any(|v| v.sha256 == record.sha256))
+            // An unreadable index may refer to it: kept, to be safe.
+            self.store.read_index(other).map_or(true, |i| {
+                i.is_some_and(|i| i.versions.iter().any(|v| v.sha256 == record.sha256))
+            })
         }) {
             self.store.delete_blob(&record.sha256)?;
         }
@@ -473,12 +475,29 @@ impl Host {
     pub fn list(&self) -> Result<Vec<ModelStatus>, RepoError> {
         let mut all = Vec::new();
         for name in self.store.list()? {
-            if let Some(index) = self.store.read_index(&name)? {
-                let serving = match index.kind {
-                    Kind::Model => self.registry.entry(&name).is_some(),
-                    Kind::Guard => self.guards.entry(&name).is_some(),
-                };
-                all.push(ModelStatus { index, serving });
+            match self.store.read_index(&name) {
+                Ok(Some(index)) => {
+                    let serving = match index.kind {
+                        Kind::Model => self.registry.entry(&name).is_some(),
+                        Kind::Guard => self.guards.entry(&name).is_some(),
+                    };
+                    all.push(ModelStatus {
+                        index,
+                        serving,
+                        unreadable: false,
+                    });
+                }
+                Ok(None) => {}
+                // Listed for what it is, without failing the whole listing.
+                Err(error) => {
+                    tracing::error!(model = %name, error = format!("{error:#}"), "failed to read a model index");
+                    all.push(ModelStatus {
+                        index: ModelIndex::new(&name),
+                        serving: self.registry.entry(&name).is_some()
+                            || self.guards.entry(&name).is_some(),
+                        unreadable: true,
+                    });
+                }
             }
         }
         Ok(all)
@@ -490,8 +509,15 @@ impl Host {
         let _guard = self.lock();
         let mut served = Vec::new();
         for name in self.store.list()? {
-            let Some(index) = self.store.read_index(&name)? else {
-                continue;
+            // An unreadable index is skipped (and logged), not fatal: the
+            // other models are served all the same.
+            let index = match self.store.read_index(&name) {
+                Ok(Some(index)) => index,
+                Ok(None) => continue,
+                Err(error) => {
+                    tracing::error!(model = %name, error = format!("{error:#}"), "failed to read a model index; the model is not served");
+                    continue;
+                }
             };
             if index.loaded && index.active.is_some() {
                 match self.publish(&index) {

@@ -16,8 +16,10 @@ use crate::RepoError;
 use crate::store::IndexRead;
 
 /// Every index of a store, read without a host (no engine needed), as a
-/// process start reads them while its engine is being set up.
-pub(crate) struct StoreContents(Vec<(String, IndexRead)>);
+/// process start reads them while its engine is being set up. An index that
+/// could not be read stays an error of its own name: the start serves the
+/// others and reports it (see [`Host::refresh_from`]).
+pub(crate) struct StoreContents(Vec<(String, anyhow::Result<IndexRead>)>);
 
 impl StoreContents {
     /// Lists `store` and reads every index, several at a time: each is a
@@ -41,7 +43,7 @@ impl StoreContents {
                     .collect()
             });
             for (name, read) in batch.iter().zip(found) {
-                reads.push((name.clone(), read?));
+                reads.push((name.clone(), read));
             }
         }
         Ok(Self(reads))
@@ -64,8 +66,8 @@ pub struct RefreshReport {
     pub updated: Vec<String>,
     /// Models that disappeared from the store and are no longer served.
     pub removed: Vec<String>,
-    /// Models whose new index could not be published (logged; retried at
-    /// the next refresh).
+    /// Models whose index could not be read or whose new index could not
+    /// be published (logged; retried at the next refresh).
     pub failed: Vec<String>,
 }
 
@@ -82,7 +84,7 @@ impl Host {
             // meanwhile is not overwritten by an index read just before it.
             let _guard = self.lock();
             let known = self.seen_tag(name);
-            let read = self.store.read_index_if_changed(name, known.as_deref())?;
+            let read = self.store.read_index_if_changed(name, known.as_deref());
             self.apply(name, read, &mut report);
         }
         self.drop_gone(&names, &mut report);
@@ -102,8 +104,19 @@ impl Host {
         report
     }
 
-    /// Publishes what the read of `name`'s index found.
-    fn apply(&self, name: &str, read: IndexRead, report: &mut RefreshReport) {
+    /// Publishes what the read of `name`'s index found. An index that could
+    /// not be read (unreachable, or not a valid index) is logged and
+    /// reported as failed, and the model keeps whatever this host served
+    /// of it: one bad index must not stop the others from being served.
+    fn apply(&self, name: &str, read: anyhow::Result<IndexRead>, report: &mut RefreshReport) {
+        let read = match read {
+            Ok(read) => read,
+            Err(error) => {
+                tracing::error!(model = %name, error = format!("{error:#}"), "failed to read a model index; the model is skipped");
+                report.failed.push(name.to_owned());
+                return;
+            }
+        };
         match read {
             IndexRead::Unchanged => {}
             IndexRead::Missing => {

@@ -781,3 +781,99 @@ fn two_hosts_on_one_bucket_keep_every_concurrent_upload() {
     let now = stores[1].read_index("digits").unwrap().unwrap();
     assert_eq!(now, a);
 }
+
+/// An SDK configuration for the moto server at `moto_url`.
+fn moto_sdk(moto_url: &str) -> aws_config::SdkConfig {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(
+            aws_config::defaults(aws_config::BehaviorVersion::latest())
+                .endpoint_url(moto_url)
+                .region(aws_config::Region::new("us-east-1"))
+                .credentials_provider(aws_credential_types::Credentials::new(
+                    "testing", "testing", None, None, "test",
+                ))
+                .load(),
+        )
+}
+
+/// Issue 15, item 6, on S3: an index that is not a valid model index (here
+/// not JSON; the filesystem test in tests/all also has one nested too deep),
+/// written into the bucket beside a good model. A host starting on the
+/// bucket serves the good model and reports the bad one, instead of
+/// refusing to start.
+#[test]
+fn an_unreadable_index_in_s3_is_skipped_and_reported() {
+    let (_moto, moto_url) = moto();
+    let created = http().put(format!("{moto_url}/{BUCKET}")).send().unwrap();
+    assert!(created.status().is_success(), "{}", created.status());
+    let sdk = moto_sdk(&moto_url);
+    let url = format!("s3://{BUCKET}/unreadable");
+    let store = || {
+        std::sync::Arc::new(
+            airlock::s3store::S3Store::connect_with(&url, Some(sdk.clone())).unwrap(),
+        )
+    };
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let host =
+            airlock::Host::with_store(airlock::HostConfig::new(dir.path().join("a")), store())
+                .unwrap();
+        host.upload(
+            "digits",
+            &std::fs::read(airlock_artifacts::DIGITS).unwrap(),
+            true,
+        )
+        .unwrap();
+    }
+    let put = http()
+        .put(format!(
+            "{moto_url}/{BUCKET}/unreadable/models/bad/index.json"
+        ))
+        .body("{\"name\": \"bad\", not json")
+        .send()
+        .unwrap();
+    assert!(put.status().is_success(), "{}", put.status());
+
+    let host =
+        airlock::Host::with_store(airlock::HostConfig::new(dir.path().join("b")), store()).unwrap();
+    let report = host
+        .refresh()
+        .expect("one bad index does not fail the refresh");
+    assert_eq!(report.updated, ["digits"]);
+    assert_eq!(report.failed, ["bad"]);
+    // The good model answers (200), as `airlock serve` does.
+    let body = infer_in_process(&host, &digits_request());
+    assert_eq!(
+        body["outputs"],
+        served_locally(&digits_request())["outputs"]
+    );
+    let listed = host.list().unwrap();
+    assert!(listed.iter().any(|m| m.index.name == "bad" && m.unreadable));
+    assert!(listed.iter().any(|m| m.index.name == "digits" && m.serving));
+}
+
+/// `request` through `host`'s router, in process; asserts a 200.
+fn infer_in_process(host: &airlock::Host, request: &Value) -> Value {
+    use tower::ServiceExt as _;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let request = axum::http::Request::post("/v2/models/digits/infer")
+            .header("content-type", "application/json")
+            .body(axum::body::Body::from(request.to_string()))
+            .unwrap();
+        let response = host.router().oneshot(request).await.unwrap();
+        assert_eq!(response.status(), 200);
+        let body = http_body_util::BodyExt::collect(response.into_body())
+            .await
+            .unwrap()
+            .to_bytes();
+        serde_json::from_slice(&body).unwrap()
+    })
+}

@@ -31,3 +31,4 @@ mod protocol;
 mod repository;
 mod support;
 mod transport;
+mod unreadable;

@@ -221,6 +221,7 @@ impl IntoResponse for ApiError {
         let status = self.status();
         let message = match &self {
             ApiError::ModelFailed { model, detail } => {
+                let detail = oip::cut_message(detail, oip::MAX_MESSAGE_BYTES);
                 tracing::warn!(model = %model, detail = %detail, "model returned an internal error");
                 self.to_string()
             }
@@ -259,6 +260,8 @@ impl IntoResponse for ApiError {
                     }
                     _ => None,
                 };
+                let error = error.to_string();
+                let error = oip::cut_message(&error, oip::MAX_MESSAGE_BYTES);
                 tracing::warn!(guard = %guard, stage = %stage, error = %error, "guard failed; request refused");
                 match limit {
                     Some(limit) => format!("guard {guard:?} failed on the {stage}: {limit}"),
@@ -272,6 +275,10 @@ impl IntoResponse for ApiError {
             // Client errors may quote the caller's data: never logged.
             _ => self.to_string(),
         };
+        // The one boundary every error body passes: whatever a message
+        // quotes (a caller's names, a model's or a guard's reason, a
+        // compiler's output), no error answer is longer than this.
+        let message = oip::cut_message(&message, oip::MAX_MESSAGE_BYTES);
         let mut response = (status, Json(json!({ "error": message }))).into_response();
         if let Some(kind) = self.kind() {
             response
@@ -613,8 +620,16 @@ async fn run_infer(
         ..state.host.config().request_limits
     };
     let json_len = inference_header_length(headers)?;
+    // lead wires the real budget (the request's reservation, and
+    // ParseError::Exhausted as a 503).
+    let mut reservation = crate::budget::MemoryBudget::new(usize::MAX).reservation();
     let oip::ParsedInfer { request, encoding } =
-        oip::parse_infer(&body, json_len, model.metadata(), &limits)?;
+        oip::parse_infer(&body, json_len, model.metadata(), &limits, &mut reservation).map_err(
+            |e| match e {
+                oip::ParseError::Bad(e) => ApiError::from(e),
+                oip::ParseError::Exhausted(e) => ApiError::BadRequest(e.to_string()),
+            },
+        )?;
     drop(body);
     let (request, response) = {
         let model = Arc::clone(&model);

@@ -39,8 +39,11 @@ const EXIT_INVALID: i32 = 2;
 /// Exit status of a worker whose input's `wizer-initialize` failed.
 const EXIT_INIT: i32 = 3;
 
-/// Most bytes of a worker's stderr kept for the error message.
+/// Most bytes of a worker's stderr kept (to classify its failure).
 const MAX_STDERR: u64 = 16 << 10;
+
+/// Most bytes of a worker's stderr sent to the uploader.
+const MAX_MESSAGE: usize = 1024;
 
 /// What the compiled bytes are.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -248,9 +251,13 @@ fn run_worker(
             stdout.read_to_end(&mut bytes).map(|_| bytes)
         });
         let errors = scope.spawn(move || {
-            let mut text = String::new();
-            let _ = stderr.take(MAX_STDERR).read_to_string(&mut text);
-            text
+            // Keep the first MAX_STDERR bytes; drain (and count) the rest,
+            // so that a chatty worker never blocks on a full pipe.
+            let mut kept = Vec::new();
+            let mut stderr = stderr;
+            let _ = (&mut stderr).take(MAX_STDERR).read_to_end(&mut kept);
+            let dropped = std::io::copy(&mut stderr, &mut std::io::sink()).unwrap_or(0);
+            (kept, dropped)
         });
 
         let mut pause = Duration::from_micros(500);
@@ -270,8 +277,9 @@ fn run_worker(
             pause = (pause * 2).min(Duration::from_millis(10));
         };
         let output = output.join().expect("reader thread");
-        let message = errors.join().expect("stderr thread");
-        let message = message.trim();
+        let (kept, dropped) = errors.join().expect("stderr thread");
+        let message = worker_message(&kept, dropped);
+        let message = message.as_str();
         if status.success() {
             return output.map_err(|e| CompileError::Host(e.into()));
         }
@@ -301,6 +309,30 @@ fn run_worker(
             ))),
         }
     })
+}
+
+/// A worker's stderr as a message for the uploader: its first `kept`
+/// bytes (`dropped` more were read and thrown away) as text, with invalid
+/// UTF-8 replaced and control characters (escape sequences, NULs…) taken
+/// out but for line breaks, cut to [`MAX_MESSAGE`] bytes at a char
+/// boundary with a marker saying how much was cut.
+fn worker_message(kept: &[u8], dropped: u64) -> String {
+    let text: String = String::from_utf8_lossy(kept)
+        .chars()
+        .filter_map(|c| match c {
+            '\n' => Some('\n'),
+            '\t' => Some(' '),
+            c if c.is_control() => None,
+            c => Some(c),
+        })
+        .collect();
+    let text = text.trim();
+    let end = text.floor_char_boundary(MAX_MESSAGE);
+    let cut = (text.len() - end) as u64 + dropped;
+    if cut == 0 {
+        return text.to_owned();
+    }
+    format!("{}… ({cut} bytes cut)", &text[..end])
 }
 
 /// If this process was started as a compile worker, compiles stdin to stdout
@@ -406,5 +438,40 @@ impl Drop for SlotGuard<'_> {
     fn drop(&mut self) {
         *self.0.free.lock().unwrap_or_else(|p| p.into_inner()) += 1;
         self.0.released.notify_one();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn worker_stderr_is_bounded_printable_text() {
+        // What a hostile component could make a crashing compiler print:
+        // escape sequences, NULs, invalid UTF-8, and a lot of it.
+        let mut raw = b"error: \x1b[31mbad\x1b[0m\0 input\xff\xfe\r\n\tline two\n".to_vec();
+        raw.extend(std::iter::repeat_n(b'x', MAX_STDERR as usize));
+        raw.truncate(MAX_STDERR as usize);
+        let message = worker_message(&raw, 1 << 20);
+        assert!(
+            message.starts_with("error: [31mbad[0m input\u{fffd}\u{fffd}\n line two\nxxx"),
+            "{message:?}"
+        );
+        assert!(
+            !message.chars().any(|c| c.is_control() && c != '\n'),
+            "{message:?}"
+        );
+        // Four control bytes went, two invalid bytes became three-byte
+        // U+FFFDs: the text is as long as what was kept.
+        let cut = (MAX_STDERR as usize - MAX_MESSAGE) as u64 + (1 << 20);
+        assert!(message.len() < MAX_MESSAGE + 40, "{} bytes", message.len());
+        assert!(
+            message.ends_with(&format!("x… ({cut} bytes cut)")),
+            "{}",
+            &message[message.len() - 40..]
+        );
+
+        // A short message passes unchanged but for its surrounding space.
+        assert_eq!(worker_message(b"  invalid wasm\n", 0), "invalid wasm");
     }
 }

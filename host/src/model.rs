@@ -365,7 +365,9 @@ impl LoadedModel {
                     micros = started.elapsed().as_micros() as u64,
                     "sandbox call finished"
                 );
-                result
+                // A message lifted from the guest may be as large as its
+                // output allowance: cut it before it goes anywhere.
+                result.map(|outcome| outcome.map_err(cut_guest_error))
             }
             Backend::Command(pre) => self.run_command(pre, request),
         }
@@ -399,7 +401,7 @@ impl LoadedModel {
                 Some(wasmtime_wasi::I32Exit(code)) => {
                     // A command that explains itself on stdout is heard out.
                     drop(store);
-                    return Ok(match crate::oip::parse_command_output(&stdout.contents()) {
+                    return Ok(match self.command_output(&stdout.contents()) {
                         Ok(Err(message)) => Err(GuestError::InvalidInput(message)),
                         _ => Err(GuestError::Internal(format!(
                             "the command exited with status {code}"
@@ -410,14 +412,47 @@ impl LoadedModel {
             }
         }
         drop(store);
-        Ok(match crate::oip::parse_command_output(&stdout.contents()) {
-            Ok(Ok(outputs)) => Ok(InferResponse { outputs }),
-            Ok(Err(message)) => Err(GuestError::InvalidInput(message)),
-            Err(malformed) => Err(GuestError::Internal(format!(
-                "the command wrote an invalid response: {malformed}"
+        match self.command_output(&stdout.contents()) {
+            Ok(Ok(outputs)) => Ok(Ok(InferResponse { outputs })),
+            Ok(Err(message)) => Ok(Err(GuestError::InvalidInput(message))),
+            Err(crate::oip::ResponseError::Invalid(malformed)) => Ok(Err(GuestError::Internal(
+                format!("the command wrote an invalid response: {malformed}"),
             ))),
-        })
+            Err(over) => Err(GuestFailure::OutputTooLarge(over.to_string())),
+        }
     }
+
+    /// Parses a command's stdout, bounded as a component's response is: at
+    /// most the outputs the model declares, and at most its sandbox's
+    /// `output_bytes` of host memory once parsed. (The element bound is the
+    /// default one; the server's own is checked again on the parsed
+    /// response by [`crate::oip::check_response`].)
+    fn command_output(
+        &self,
+        stdout: &[u8],
+    ) -> Result<Result<Vec<crate::bindings::Tensor>, String>, crate::oip::ResponseError> {
+        crate::oip::parse_command_output(
+            stdout,
+            &self.metadata,
+            &crate::oip::RequestLimits::default(),
+            self.policy.limits.output_bytes,
+        )
+    }
+}
+
+/// A guest's error with its message cut to
+/// [`crate::oip::MAX_MESSAGE_BYTES`] (and the rest freed): the message goes
+/// to the caller or the log, and the guest chooses its size.
+fn cut_guest_error(mut error: GuestError) -> GuestError {
+    match &mut error {
+        GuestError::InvalidInput(message)
+        | GuestError::Unsupported(message)
+        | GuestError::Internal(message)
+        | GuestError::Other(message) => {
+            crate::oip::cut_string(message, crate::oip::MAX_MESSAGE_BYTES)
+        }
+    }
+    error
 }
 
 /// One request in flight to a model; dropping it frees the slot.

@@ -14,11 +14,33 @@
 //! request parameter `"binary_data_output": true`) go back the same way:
 //! little-endian, row-major, BOOL as one byte 0 or 1, BYTES as a 4-byte
 //! little-endian length before each element.
+//!
+//! # Bounds
+//!
+//! Whatever a caller (or a WASI preview 1 command, whose stdout goes
+//! through the same parser) sends is bounded as it is parsed, before it is
+//! allocated:
+//! - every list is counted as it is deserialized, never collected first:
+//!   inputs and requested outputs at most as many as the model declares,
+//!   shapes at most [`MAX_RANK`] dimensions, `parameters` objects at most
+//!   [`MAX_PARAMETERS`] entries, whose values stay raw JSON until a scalar
+//!   is converted (an array or object value is refused unread);
+//! - each tensor's memory is charged to the request's
+//!   [`Reservation`](crate::budget::Reservation) before its vector is
+//!   allocated, with exactly the capacity its shape needs (and never more
+//!   than its data could hold), and parsing stops at the first element past
+//!   the shape; BYTES strings are charged as they are copied, a step of
+//!   [`CHARGE_STEP`] bytes at a time;
+//! - messages quote at most [`MAX_QUOTED`] bytes of a name and
+//!   [`MAX_SHOWN_DIMS`] dimensions of a shape, and [`cut_message`] bounds
+//!   whole messages.
 
+use std::borrow::Cow;
 use std::collections::HashSet;
 use std::fmt;
+use std::marker::PhantomData;
 
-use serde::de::{self, DeserializeSeed, Deserializer, SeqAccess, Visitor};
+use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde::ser::{SerializeMap, SerializeSeq};
 use serde::{Deserialize, Serialize, Serializer};
 use serde_json::value::RawValue;
@@ -27,6 +49,7 @@ use crate::bindings::{
     Datatype, InferRequest, InferResponse, ModelMetadata, ParameterValue, Tensor, TensorData,
     TensorSpec,
 };
+use crate::budget::{Exhausted, MemoryBudget, Reservation};
 
 /// A request the caller got wrong; the message goes back to the caller.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -35,6 +58,110 @@ pub struct BadRequest(pub String);
 
 macro_rules! bad {
     ($($arg:tt)*) => { BadRequest(format!($($arg)*)) };
+}
+
+/// Why [`parse_infer`] refused a request.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ParseError {
+    /// The request is malformed or does not fit the model (a 400).
+    #[error(transparent)]
+    Bad(#[from] BadRequest),
+    /// The memory budget cannot hold the parsed request now (a 503: retry
+    /// later).
+    #[error(transparent)]
+    Exhausted(#[from] Exhausted),
+}
+
+/// Most dimensions a tensor's shape may have (in a request, or in a WASI
+/// command's response). ONNX and the OIP need far fewer; the bound keeps a
+/// shape of a million dimensions from being parsed or echoed.
+pub const MAX_RANK: usize = 64;
+
+/// Most entries in one `parameters` object (of the request, an input or an
+/// output).
+pub const MAX_PARAMETERS: usize = 64;
+
+/// Most bytes of a message that goes to a caller (see [`cut_message`]).
+pub const MAX_MESSAGE_BYTES: usize = 1024;
+
+/// Most bytes of a name (of an input, an output, a parameter, a datatype)
+/// quoted in a message.
+pub const MAX_QUOTED: usize = 64;
+
+/// Most dimensions of a shape shown in a message.
+pub const MAX_SHOWN_DIMS: usize = 16;
+
+/// Smallest step in which the parser grows a reservation, so that many small
+/// allocations (BYTES elements) cost one atomic operation per step rather
+/// than one each. What a request does not use is given back when it has
+/// been parsed.
+pub const CHARGE_STEP: usize = 64 << 10;
+
+/// Charged per non-empty BYTES element on top of its bytes: the most a
+/// heap block exceeds its request by (glibc's smallest block is 32 bytes,
+/// and blocks are rounded to 16 with an 8-byte header).
+const ALLOC_OVERHEAD: usize = 32;
+
+/// `text`, cut to at most `max` bytes at a char boundary, with a marker
+/// saying how many bytes were cut.
+pub fn cut_message(text: &str, max: usize) -> Cow<'_, str> {
+    if text.len() <= max {
+        return Cow::Borrowed(text);
+    }
+    let end = text.floor_char_boundary(max);
+    Cow::Owned(format!(
+        "{}… ({} bytes cut)",
+        &text[..end],
+        text.len() - end
+    ))
+}
+
+/// Cuts `text` in place as [`cut_message`] does, and frees the memory the
+/// cut part held: for a message lifted from a guest, before it is copied
+/// or logged anywhere.
+pub fn cut_string(text: &mut String, max: usize) {
+    if text.len() <= max {
+        return;
+    }
+    let end = text.floor_char_boundary(max);
+    let cut = text.len() - end;
+    text.truncate(end);
+    text.push_str(&format!("… ({cut} bytes cut)"));
+    text.shrink_to_fit();
+}
+
+/// A name in a message: quoted, at most [`MAX_QUOTED`] bytes of it.
+struct Quoted<'a>(&'a str);
+
+impl fmt::Display for Quoted<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.0.len() <= MAX_QUOTED {
+            write!(f, "{:?}", self.0)
+        } else {
+            let end = self.0.floor_char_boundary(MAX_QUOTED);
+            write!(f, "{:?}… ({} bytes)", &self.0[..end], self.0.len())
+        }
+    }
+}
+
+/// A shape in a message: at most [`MAX_SHOWN_DIMS`] dimensions of it.
+struct Dims<'a, T>(&'a [T]);
+
+impl<T: fmt::Display> fmt::Display for Dims<'_, T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("[")?;
+        for (i, d) in self.0.iter().take(MAX_SHOWN_DIMS).enumerate() {
+            if i > 0 {
+                f.write_str(", ")?;
+            }
+            write!(f, "{d}")?;
+        }
+        if self.0.len() > MAX_SHOWN_DIMS {
+            write!(f, ", … ({} dimensions)", self.0.len())?;
+        }
+        f.write_str("]")
+    }
 }
 
 /// Bounds checked while parsing a request and before writing a response.
@@ -71,37 +198,283 @@ pub enum ResponseError {
     /// The response is over [`RequestLimits::max_output_elements`].
     #[error("the response has more than {0} tensor elements")]
     TooLarge(u64),
+    /// A command's response would take more host memory than its sandbox's
+    /// [`Limits::output_bytes`](crate::Limits::output_bytes) once parsed.
+    #[error("the response needs more than {0} bytes of host memory")]
+    TooManyBytes(usize),
 }
 
-#[derive(Deserialize)]
+/// Deserializes a JSON array into a `Vec`, failing as soon as it holds more
+/// than `max` elements rather than after collecting them all. Where
+/// `nullable`, `null` is an empty list.
+struct BoundedVec<T> {
+    max: usize,
+    what: &'static str,
+    nullable: bool,
+    element: PhantomData<fn() -> T>,
+}
+
+impl<T> BoundedVec<T> {
+    fn new(max: usize, what: &'static str) -> Self {
+        Self {
+            max,
+            what,
+            nullable: false,
+            element: PhantomData,
+        }
+    }
+
+    fn nullable(max: usize, what: &'static str) -> Self {
+        Self {
+            nullable: true,
+            ..Self::new(max, what)
+        }
+    }
+}
+
+impl<'de, T: Deserialize<'de>> DeserializeSeed<'de> for BoundedVec<T> {
+    type Value = Vec<T>;
+
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<Vec<T>, D::Error> {
+        if self.nullable {
+            deserializer.deserialize_option(self)
+        } else {
+            deserializer.deserialize_seq(self)
+        }
+    }
+}
+
+impl<'de, T: Deserialize<'de>> Visitor<'de> for BoundedVec<T> {
+    type Value = Vec<T>;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "an array of at most {} {}", self.max, self.what)
+    }
+
+    fn visit_none<E: de::Error>(self) -> Result<Vec<T>, E> {
+        Ok(Vec::new())
+    }
+
+    fn visit_some<D: Deserializer<'de>>(self, deserializer: D) -> Result<Vec<T>, D::Error> {
+        deserializer.deserialize_seq(self)
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Vec<T>, A::Error> {
+        let mut out = Vec::new();
+        while let Some(item) = seq.next_element()? {
+            if out.len() == self.max {
+                return Err(de::Error::custom(format_args!(
+                    "more {} than the {} allowed",
+                    self.what, self.max
+                )));
+            }
+            out.push(item);
+        }
+        Ok(out)
+    }
+}
+
+fn bounded_shape<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<i64>, D::Error> {
+    BoundedVec::new(MAX_RANK, "dimensions").deserialize(deserializer)
+}
+
+/// A JSON string, borrowed from the input unless it has escapes.
+struct Text<'a>(Cow<'a, str>);
+
+impl<'de: 'a, 'a> Deserialize<'de> for Text<'a> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct TextVisitor<'a>(PhantomData<&'a ()>);
+        impl<'de: 'a, 'a> Visitor<'de> for TextVisitor<'a> {
+            type Value = Text<'a>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a string")
+            }
+            fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Text<'a>, E> {
+                Ok(Text(Cow::Borrowed(v)))
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Text<'a>, E> {
+                Ok(Text(Cow::Owned(v.to_owned())))
+            }
+            fn visit_string<E: de::Error>(self, v: String) -> Result<Text<'a>, E> {
+                Ok(Text(Cow::Owned(v)))
+            }
+        }
+        deserializer.deserialize_str(TextVisitor(PhantomData))
+    }
+}
+
+/// A `parameters` object: at most [`MAX_PARAMETERS`] entries, each key
+/// once, each value kept as raw JSON (an array or object value is skipped
+/// over, never built).
+#[derive(Default)]
+struct RawParams<'a>(Vec<(Cow<'a, str>, &'a RawValue)>);
+
+impl<'a> RawParams<'a> {
+    fn get(&self, key: &str) -> Option<&'a RawValue> {
+        self.0.iter().find(|(k, _)| k == key).map(|(_, v)| *v)
+    }
+}
+
+impl<'de: 'a, 'a> Deserialize<'de> for RawParams<'a> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct ParamsVisitor<'a>(PhantomData<&'a ()>);
+        impl<'de: 'a, 'a> Visitor<'de> for ParamsVisitor<'a> {
+            type Value = RawParams<'a>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                write!(f, "an object of at most {MAX_PARAMETERS} parameters")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<RawParams<'a>, A::Error> {
+                let mut entries: Vec<(Cow<'a, str>, &'a RawValue)> = Vec::new();
+                while let Some(Text(key)) = map.next_key::<Text<'de>>()? {
+                    if entries.len() == MAX_PARAMETERS {
+                        return Err(de::Error::custom(format_args!(
+                            "more parameters than the {MAX_PARAMETERS} allowed"
+                        )));
+                    }
+                    if entries.iter().any(|(k, _)| *k == key) {
+                        return Err(de::Error::custom(format_args!(
+                            "parameter {} appears twice",
+                            Quoted(&key)
+                        )));
+                    }
+                    let value: &'de RawValue = map.next_value()?;
+                    entries.push((key, value));
+                }
+                Ok(RawParams(entries))
+            }
+        }
+        deserializer.deserialize_map(ParamsVisitor(PhantomData))
+    }
+}
+
+/// A parameter's value as the guest gets it: booleans, numbers and strings
+/// only. An array or an object is refused at its first byte.
+fn scalar(raw: &RawValue) -> Option<ParameterValue> {
+    struct ScalarVisitor;
+    impl Visitor<'_> for ScalarVisitor {
+        type Value = ParameterValue;
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("a boolean, a number or a string")
+        }
+        fn visit_bool<E: de::Error>(self, v: bool) -> Result<ParameterValue, E> {
+            Ok(ParameterValue::Bool(v))
+        }
+        fn visit_i64<E: de::Error>(self, v: i64) -> Result<ParameterValue, E> {
+            Ok(ParameterValue::Int(v))
+        }
+        fn visit_u64<E: de::Error>(self, v: u64) -> Result<ParameterValue, E> {
+            Ok(i64::try_from(v).map_or(ParameterValue::Double(v as f64), ParameterValue::Int))
+        }
+        fn visit_f64<E: de::Error>(self, v: f64) -> Result<ParameterValue, E> {
+            Ok(ParameterValue::Double(v))
+        }
+        fn visit_str<E: de::Error>(self, v: &str) -> Result<ParameterValue, E> {
+            Ok(ParameterValue::Text(v.to_owned()))
+        }
+        fn visit_string<E: de::Error>(self, v: String) -> Result<ParameterValue, E> {
+            Ok(ParameterValue::Text(v))
+        }
+    }
+    serde_json::Deserializer::from_str(raw.get())
+        .deserialize_any(ScalarVisitor)
+        .ok()
+}
+
+/// The request body's JSON, as parsed before tensor data.
 struct RawRequest<'a> {
-    #[serde(default)]
     id: Option<String>,
-    #[serde(default)]
-    parameters: Option<serde_json::Map<String, serde_json::Value>>,
-    #[serde(borrow)]
+    parameters: Option<RawParams<'a>>,
     inputs: Vec<RawInput<'a>>,
-    #[serde(default)]
-    outputs: Option<Vec<RawOutput>>,
+    outputs: Vec<RawOutput<'a>>,
+}
+
+/// Parses a [`RawRequest`] with at most `max_inputs` inputs and
+/// `max_outputs` requested outputs.
+struct RequestSeed {
+    max_inputs: usize,
+    max_outputs: usize,
+}
+
+/// Sets a field of an object once; a second time is an error, as derived
+/// deserializers have it.
+fn set_once<T, E: de::Error>(slot: &mut Option<T>, name: &'static str, value: T) -> Result<(), E> {
+    if slot.is_some() {
+        return Err(E::duplicate_field(name));
+    }
+    *slot = Some(value);
+    Ok(())
+}
+
+impl<'de> DeserializeSeed<'de> for RequestSeed {
+    type Value = RawRequest<'de>;
+
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<Self::Value, D::Error> {
+        deserializer.deserialize_map(self)
+    }
+}
+
+impl<'de> Visitor<'de> for RequestSeed {
+    type Value = RawRequest<'de>;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("an inference request object")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        let (mut id, mut parameters, mut inputs, mut outputs) = (None, None, None, None);
+        while let Some(Text(key)) = map.next_key::<Text<'de>>()? {
+            match key.as_ref() {
+                "id" => set_once(&mut id, "id", map.next_value::<Option<String>>()?)?,
+                "parameters" => set_once(
+                    &mut parameters,
+                    "parameters",
+                    map.next_value::<Option<RawParams<'de>>>()?,
+                )?,
+                "inputs" => set_once(
+                    &mut inputs,
+                    "inputs",
+                    map.next_value_seed(BoundedVec::new(self.max_inputs, "inputs"))?,
+                )?,
+                "outputs" => set_once(
+                    &mut outputs,
+                    "outputs",
+                    map.next_value_seed(BoundedVec::nullable(self.max_outputs, "outputs"))?,
+                )?,
+                _ => {
+                    map.next_value::<de::IgnoredAny>()?;
+                }
+            }
+        }
+        Ok(RawRequest {
+            id: id.flatten(),
+            parameters: parameters.flatten(),
+            inputs: inputs.ok_or_else(|| de::Error::missing_field("inputs"))?,
+            outputs: outputs.unwrap_or_default(),
+        })
+    }
 }
 
 #[derive(Deserialize)]
 struct RawInput<'a> {
-    name: String,
+    #[serde(borrow)]
+    name: Cow<'a, str>,
+    #[serde(deserialize_with = "bounded_shape")]
     shape: Vec<i64>,
-    datatype: String,
+    #[serde(borrow)]
+    datatype: Cow<'a, str>,
     /// Absent when the tensor comes as binary data after the JSON.
     #[serde(default, borrow)]
     data: Option<&'a RawValue>,
-    #[serde(default)]
-    parameters: Option<serde_json::Map<String, serde_json::Value>>,
+    #[serde(default, borrow)]
+    parameters: Option<RawParams<'a>>,
 }
 
 #[derive(Deserialize)]
-struct RawOutput {
-    name: String,
-    #[serde(default)]
-    parameters: Option<serde_json::Map<String, serde_json::Value>>,
+struct RawOutput<'a> {
+    #[serde(borrow)]
+    name: Cow<'a, str>,
+    #[serde(default, borrow)]
+    parameters: Option<RawParams<'a>>,
 }
 
 /// The binary extension's input parameter: the tensor's size in bytes.
@@ -141,7 +514,14 @@ pub struct ParsedInfer {
     pub encoding: OutputEncoding,
 }
 
-/// Parses an inference request body and checks it against `metadata`.
+/// A serde_json error as a caller sees it: without the position serde_json
+/// appends when it does not help, and cut (it may quote the input).
+fn json_error(error: &serde_json::Error) -> String {
+    cut_message(&error.to_string(), MAX_MESSAGE_BYTES / 2).into_owned()
+}
+
+/// Parses an inference request body and checks it against `metadata`,
+/// charging what it allocates to `reservation` first.
 ///
 /// `json_len` is the `Inference-Header-Content-Length` header: the body's
 /// first `json_len` bytes are the JSON object and the rest is the binary
@@ -151,45 +531,85 @@ pub struct ParsedInfer {
 /// Every declared input must be present exactly once, with the declared
 /// datatype and a shape that matches the declared one (-1 matches any size),
 /// and its data must hold exactly as many elements as the shape says.
+///
+/// What is charged: the JSON text outside `data` arrays (a bound on the
+/// strings the request keeps: its id, names and parameters), then before
+/// each input's vector is allocated its exact size (`elements ×` the
+/// element's size), and for BYTES each non-empty element's bytes plus
+/// [`ALLOC_OVERHEAD`] as it is copied. The rest of the structural parse is
+/// bounded, not charged: at most as many inputs and outputs as the model
+/// declares, [`MAX_RANK`] dimensions and [`MAX_PARAMETERS`] parameters
+/// each (a few KiB per input). The charge stays held (it is what the
+/// request holds) until `reservation` is dropped or shrunk.
+///
+/// [`ParseError::Exhausted`] when the budget cannot cover the request now;
+/// [`ParseError::Bad`] for everything the caller got wrong.
 pub fn parse_infer(
     body: &[u8],
     json_len: Option<usize>,
     metadata: &ModelMetadata,
     limits: &RequestLimits,
-) -> Result<ParsedInfer, BadRequest> {
+    reservation: &mut Reservation,
+) -> Result<ParsedInfer, ParseError> {
     let (json, mut binary) = match json_len {
         Some(len) if len > body.len() => {
             return Err(bad!(
                 "Inference-Header-Content-Length is {len} but the body has only {} bytes",
                 body.len()
-            ));
+            )
+            .into());
         }
         Some(len) => body.split_at(len),
         None => (body, &[][..]),
     };
-    let raw: RawRequest<'_> =
-        serde_json::from_slice(json).map_err(|e| bad!("malformed inference request: {e}"))?;
+    let mut de = serde_json::Deserializer::from_slice(json);
+    let raw = RequestSeed {
+        max_inputs: metadata.inputs.len(),
+        max_outputs: metadata.outputs.len(),
+    }
+    .deserialize(&mut de)
+    .and_then(|raw| de.end().map(|()| raw))
+    .map_err(|e| bad!("malformed inference request: {}", json_error(&e)))?;
 
-    let mut parameters = raw.parameters;
-    let all_binary = match parameters
-        .as_mut()
-        .and_then(|map| map.remove(BINARY_DATA_OUTPUT))
-    {
-        None => false,
-        Some(serde_json::Value::Bool(b)) => b,
-        Some(_) => return Err(bad!("parameter {BINARY_DATA_OUTPUT:?} must be a boolean")),
-    };
-    let parameters = match parameters {
-        Some(map) => convert_parameters(map)?,
-        None => Vec::new(),
-    };
+    let mut meter = Meter::new(reservation);
+    let data_text: usize = raw
+        .inputs
+        .iter()
+        .filter_map(|input| input.data)
+        .map(|data| data.get().len())
+        .sum();
+    meter.charge(json.len().saturating_sub(data_text))?;
+
+    let mut all_binary = false;
+    let mut parameters = Vec::new();
+    if let Some(RawParams(entries)) = raw.parameters {
+        parameters.reserve_exact(entries.len());
+        for (key, value) in entries {
+            let Some(value) = scalar(value) else {
+                return Err(bad!(
+                    "parameter {}: only booleans, numbers and strings are supported",
+                    Quoted(&key)
+                )
+                .into());
+            };
+            if key == BINARY_DATA_OUTPUT {
+                let ParameterValue::Bool(b) = value else {
+                    return Err(bad!("parameter {BINARY_DATA_OUTPUT:?} must be a boolean").into());
+                };
+                all_binary = b;
+                continue;
+            }
+            parameters.push((key.into_owned(), value));
+        }
+    }
 
     let mut seen = HashSet::new();
     let mut total_elements: u64 = 0;
     let mut inputs = Vec::with_capacity(raw.inputs.len());
     for input in &raw.inputs {
-        if !seen.insert(input.name.as_str()) {
-            return Err(bad!("input {:?} appears more than once", input.name));
+        let name = Quoted(&input.name);
+        if !seen.insert(input.name.as_ref()) {
+            return Err(bad!("input {name} appears more than once").into());
         }
         let spec = metadata
             .inputs
@@ -197,37 +617,32 @@ pub fn parse_infer(
             .find(|spec| spec.name == input.name)
             .ok_or_else(|| {
                 bad!(
-                    "unexpected input {:?}; the model takes {}",
-                    input.name,
+                    "unexpected input {name}; the model takes {}",
                     names(&metadata.inputs)
                 )
             })?;
-        let datatype = Datatype::parse(&input.datatype).ok_or_else(|| {
-            bad!(
-                "input {:?}: unknown datatype {:?}",
-                input.name,
-                input.datatype
-            )
-        })?;
+        let datatype = Datatype::parse(&input.datatype)
+            .ok_or_else(|| bad!("input {name}: unknown datatype {}", Quoted(&input.datatype)))?;
         if datatype != spec.datatype {
             return Err(bad!(
-                "input {:?}: datatype {} does not match the model's {}",
-                input.name,
+                "input {name}: datatype {} does not match the model's {}",
                 datatype.as_str(),
                 spec.datatype.as_str()
-            ));
+            )
+            .into());
         }
         let shape = check_shape(&input.name, &input.shape, spec)?;
         let elements = shape
             .iter()
             .try_fold(1u64, |acc, d| acc.checked_mul(*d))
-            .ok_or_else(|| bad!("input {:?}: shape is too large", input.name))?;
+            .ok_or_else(|| bad!("input {name}: shape is too large"))?;
         total_elements = total_elements.saturating_add(elements);
         if total_elements > limits.max_elements {
             return Err(bad!(
                 "the request has more than {} tensor elements",
                 limits.max_elements
-            ));
+            )
+            .into());
         }
         let binary_size = match input
             .parameters
@@ -235,60 +650,54 @@ pub fn parse_infer(
             .and_then(|p| p.get(BINARY_DATA_SIZE))
         {
             None => None,
-            Some(size) => Some(size.as_u64().ok_or_else(|| {
-                bad!(
-                    "input {:?}: {BINARY_DATA_SIZE} must be a non-negative integer",
-                    input.name
-                )
+            Some(size) => Some(serde_json::from_str::<u64>(size.get()).map_err(|_| {
+                bad!("input {name}: {BINARY_DATA_SIZE} must be a non-negative integer")
             })?),
         };
         let data = match (input.data, binary_size) {
-            (Some(data), None) => parse_data(data, datatype, &shape),
+            (Some(data), None) => parse_data(data, datatype, &shape, elements, &mut meter),
             (None, Some(size)) => {
                 if json_len.is_none() {
                     return Err(bad!(
-                        "input {:?} has {BINARY_DATA_SIZE} but the request has no \
-                         Inference-Header-Content-Length header to say where the JSON ends",
-                        input.name
-                    ));
+                        "input {name} has {BINARY_DATA_SIZE} but the request has no \
+                         Inference-Header-Content-Length header to say where the JSON ends"
+                    )
+                    .into());
                 }
                 let Some(bytes) = usize::try_from(size)
                     .ok()
                     .and_then(|size| binary.split_off(..size))
                 else {
                     return Err(bad!(
-                        "input {:?}: {BINARY_DATA_SIZE} is {size} but only {} bytes of \
+                        "input {name}: {BINARY_DATA_SIZE} is {size} but only {} bytes of \
                          binary data are left",
-                        input.name,
                         binary.len()
-                    ));
+                    )
+                    .into());
                 };
-                decode_binary(bytes, datatype, elements)
+                decode_binary(bytes, datatype, elements, &mut meter)
             }
             (Some(_), Some(_)) => {
-                return Err(bad!(
-                    "input {:?} has both data and {BINARY_DATA_SIZE}",
-                    input.name
-                ));
+                return Err(bad!("input {name} has both data and {BINARY_DATA_SIZE}").into());
             }
             (None, None) => {
-                return Err(bad!(
-                    "input {:?} has no data (nor {BINARY_DATA_SIZE})",
-                    input.name
-                ));
+                return Err(bad!("input {name} has no data (nor {BINARY_DATA_SIZE})").into());
             }
         }
-        .map_err(|e| bad!("input {:?}: {e}", input.name))?;
+        .map_err(|e| match e {
+            DataError::Bad(e) => ParseError::Bad(bad!("input {name}: {e}")),
+            DataError::Exhausted(e) => ParseError::Exhausted(e),
+        })?;
         if data.len() as u64 != elements {
             return Err(bad!(
-                "input {:?}: shape {:?} needs {elements} elements but data has {}",
-                input.name,
-                input.shape,
+                "input {name}: shape {} needs {elements} elements but data has {}",
+                Dims(&input.shape),
                 data.len()
-            ));
+            )
+            .into());
         }
         inputs.push(Tensor {
-            name: input.name.clone(),
+            name: input.name.clone().into_owned(),
             shape,
             data,
         });
@@ -298,43 +707,42 @@ pub fn parse_infer(
         .iter()
         .find(|spec| !seen.contains(spec.name.as_str()))
     {
-        return Err(bad!("missing input {:?}", missing.name));
+        return Err(bad!("missing input {}", Quoted(&missing.name)).into());
     }
 
     if !binary.is_empty() {
         return Err(bad!(
             "{} bytes of binary data after the JSON belong to no input",
             binary.len()
-        ));
+        )
+        .into());
     }
 
-    let mut outputs = Vec::new();
+    let mut outputs = Vec::with_capacity(raw.outputs.len());
     let mut per_output = Vec::new();
-    if let Some(requested) = raw.outputs {
-        let mut seen = HashSet::new();
-        for output in requested {
-            if !metadata.outputs.iter().any(|spec| spec.name == output.name) {
-                return Err(bad!(
-                    "unknown output {:?}; the model produces {}",
-                    output.name,
-                    names(&metadata.outputs)
-                ));
-            }
-            if !seen.insert(output.name.clone()) {
-                return Err(bad!("output {:?} is requested twice", output.name));
-            }
-            match output.parameters.as_ref().and_then(|p| p.get(BINARY_DATA)) {
-                None => {}
-                Some(serde_json::Value::Bool(b)) => per_output.push((output.name.clone(), *b)),
-                Some(_) => {
-                    return Err(bad!(
-                        "output {:?}: {BINARY_DATA} must be a boolean",
-                        output.name
-                    ));
-                }
-            }
-            outputs.push(output.name);
+    let mut seen = HashSet::new();
+    for output in &raw.outputs {
+        let name = Quoted(&output.name);
+        if !metadata.outputs.iter().any(|spec| spec.name == output.name) {
+            return Err(bad!(
+                "unknown output {name}; the model produces {}",
+                names(&metadata.outputs)
+            )
+            .into());
         }
+        if !seen.insert(output.name.as_ref()) {
+            return Err(bad!("output {name} is requested twice").into());
+        }
+        match output.parameters.as_ref().and_then(|p| p.get(BINARY_DATA)) {
+            None => {}
+            Some(raw) => match serde_json::from_str::<bool>(raw.get()) {
+                Ok(b) => per_output.push((output.name.clone().into_owned(), b)),
+                Err(_) => {
+                    return Err(bad!("output {name}: {BINARY_DATA} must be a boolean").into());
+                }
+            },
+        }
+        outputs.push(output.name.clone().into_owned());
     }
 
     Ok(ParsedInfer {
@@ -351,75 +759,155 @@ pub fn parse_infer(
     })
 }
 
+/// Charges a [`Reservation`] before allocations, growing it by at least
+/// [`CHARGE_STEP`] bytes at a time; the credit left over is given back when
+/// the meter is dropped.
+struct Meter<'r> {
+    reservation: &'r mut Reservation,
+    credit: usize,
+}
+
+impl<'r> Meter<'r> {
+    fn new(reservation: &'r mut Reservation) -> Self {
+        Self {
+            reservation,
+            credit: 0,
+        }
+    }
+
+    /// Takes `bytes` from the credit, growing the reservation first when
+    /// the credit is short.
+    fn charge(&mut self, bytes: usize) -> Result<(), Exhausted> {
+        if bytes > self.credit {
+            let need = bytes - self.credit;
+            let step = need.max(CHARGE_STEP);
+            // Near the budget's end, a full step may not fit where the
+            // exact need does.
+            let grown = match self.reservation.try_grow(step) {
+                Ok(()) => step,
+                Err(_) => self.reservation.try_grow(need).map(|()| need)?,
+            };
+            self.credit += grown;
+        }
+        self.credit -= bytes;
+        Ok(())
+    }
+}
+
+impl Drop for Meter<'_> {
+    fn drop(&mut self) {
+        self.reservation.shrink(self.credit);
+    }
+}
+
+/// Why one tensor's data could not be parsed.
+enum DataError {
+    /// The data is malformed or does not fit its shape.
+    Bad(String),
+    /// The budget cannot hold it.
+    Exhausted(Exhausted),
+}
+
+impl From<String> for DataError {
+    fn from(message: String) -> Self {
+        Self::Bad(message)
+    }
+}
+
+impl From<Exhausted> for DataError {
+    fn from(e: Exhausted) -> Self {
+        Self::Exhausted(e)
+    }
+}
+
+/// The exact capacity charged for `elements` of `T`.
+fn vector_bytes<T>(elements: usize) -> usize {
+    elements.saturating_mul(size_of::<T>())
+}
+
 /// Decodes one input's binary data: `elements` elements of `datatype`,
 /// little-endian, taking exactly all of `bytes`.
-fn decode_binary(bytes: &[u8], datatype: Datatype, elements: u64) -> Result<TensorData, String> {
+fn decode_binary(
+    bytes: &[u8],
+    datatype: Datatype,
+    elements: u64,
+    meter: &mut Meter<'_>,
+) -> Result<TensorData, DataError> {
     fn fixed<const N: usize, T>(
         bytes: &[u8],
         elements: u64,
+        meter: &mut Meter<'_>,
         from: impl Fn([u8; N]) -> T,
-    ) -> Result<Vec<T>, String> {
+    ) -> Result<Vec<T>, DataError> {
         let (chunks, rest) = bytes.as_chunks::<N>();
         if chunks.len() as u64 != elements || !rest.is_empty() {
-            return Err(format!(
+            return Err(DataError::Bad(format!(
                 "{BINARY_DATA_SIZE} is {} but the shape needs {elements} elements of {N} \
                  bytes",
                 bytes.len()
-            ));
+            )));
         }
+        meter.charge(vector_bytes::<T>(chunks.len()))?;
         Ok(chunks.iter().map(|c| from(*c)).collect())
     }
     Ok(match datatype {
         Datatype::Bool => {
-            let bytes = fixed::<1, u8>(bytes, elements, |[b]| b)?;
+            let bytes = fixed::<1, u8>(bytes, elements, meter, |[b]| b)?;
             if let Some(bad) = bytes.iter().find(|b| **b > 1) {
-                return Err(format!("BOOL element {bad} is neither 0 nor 1"));
+                return Err(DataError::Bad(format!(
+                    "BOOL element {bad} is neither 0 nor 1"
+                )));
             }
+            // Collected in place: a `bool` is a byte.
             TensorData::Bool(bytes.into_iter().map(|b| b == 1).collect())
         }
-        Datatype::Uint8 => TensorData::Uint8(fixed(bytes, elements, u8::from_le_bytes)?),
-        Datatype::Uint16 => TensorData::Uint16(fixed(bytes, elements, u16::from_le_bytes)?),
-        Datatype::Uint32 => TensorData::Uint32(fixed(bytes, elements, u32::from_le_bytes)?),
-        Datatype::Uint64 => TensorData::Uint64(fixed(bytes, elements, u64::from_le_bytes)?),
-        Datatype::Int8 => TensorData::Int8(fixed(bytes, elements, i8::from_le_bytes)?),
-        Datatype::Int16 => TensorData::Int16(fixed(bytes, elements, i16::from_le_bytes)?),
-        Datatype::Int32 => TensorData::Int32(fixed(bytes, elements, i32::from_le_bytes)?),
-        Datatype::Int64 => TensorData::Int64(fixed(bytes, elements, i64::from_le_bytes)?),
-        Datatype::Fp16 => TensorData::Fp16(fixed(bytes, elements, u16::from_le_bytes)?),
-        Datatype::Fp32 => TensorData::Fp32(fixed(bytes, elements, f32::from_le_bytes)?),
-        Datatype::Fp64 => TensorData::Fp64(fixed(bytes, elements, f64::from_le_bytes)?),
+        Datatype::Uint8 => TensorData::Uint8(fixed(bytes, elements, meter, u8::from_le_bytes)?),
+        Datatype::Uint16 => TensorData::Uint16(fixed(bytes, elements, meter, u16::from_le_bytes)?),
+        Datatype::Uint32 => TensorData::Uint32(fixed(bytes, elements, meter, u32::from_le_bytes)?),
+        Datatype::Uint64 => TensorData::Uint64(fixed(bytes, elements, meter, u64::from_le_bytes)?),
+        Datatype::Int8 => TensorData::Int8(fixed(bytes, elements, meter, i8::from_le_bytes)?),
+        Datatype::Int16 => TensorData::Int16(fixed(bytes, elements, meter, i16::from_le_bytes)?),
+        Datatype::Int32 => TensorData::Int32(fixed(bytes, elements, meter, i32::from_le_bytes)?),
+        Datatype::Int64 => TensorData::Int64(fixed(bytes, elements, meter, i64::from_le_bytes)?),
+        Datatype::Fp16 => TensorData::Fp16(fixed(bytes, elements, meter, u16::from_le_bytes)?),
+        Datatype::Fp32 => TensorData::Fp32(fixed(bytes, elements, meter, f32::from_le_bytes)?),
+        Datatype::Fp64 => TensorData::Fp64(fixed(bytes, elements, meter, f64::from_le_bytes)?),
         Datatype::Bytes => {
             // Each element costs at least its 4-byte length, so the body's
             // size bounds this allocation.
-            let mut out = Vec::with_capacity(elements.min(bytes.len() as u64 / 4) as usize);
+            let capacity = elements.min(bytes.len() as u64 / 4) as usize;
+            meter.charge(vector_bytes::<Vec<u8>>(capacity))?;
+            let mut out = Vec::with_capacity(capacity);
             let mut rest = bytes;
             for i in 0..elements {
                 let Some((len, tail)) = rest.split_first_chunk::<4>() else {
-                    return Err(format!(
+                    return Err(DataError::Bad(format!(
                         "the binary data ends before BYTES element {i} of {elements}"
-                    ));
+                    )));
                 };
                 let len = u32::from_le_bytes(*len) as usize;
                 let Some(element) = tail.get(..len) else {
-                    return Err(format!(
+                    return Err(DataError::Bad(format!(
                         "BYTES element {i} says {len} bytes but only {} are left",
                         tail.len()
-                    ));
+                    )));
                 };
+                if len > 0 {
+                    meter.charge(len + ALLOC_OVERHEAD)?;
+                }
                 out.push(element.to_vec());
                 rest = &tail[len..];
             }
             if !rest.is_empty() {
-                return Err(format!(
+                return Err(DataError::Bad(format!(
                     "{} bytes are left after the last of {elements} BYTES elements",
                     rest.len()
-                ));
+                )));
             }
             TensorData::Bytes(out)
         }
     })
 }
-
 /// The size of `data` in the binary tensor data format.
 fn binary_len(data: &TensorData) -> usize {
     match data {
@@ -471,31 +959,43 @@ fn encode_binary(data: &TensorData, out: &mut Vec<u8>) {
     }
 }
 
+/// The names of `specs`, quoted, for a message (at most 16 of them).
 fn names(specs: &[TensorSpec]) -> String {
-    let quoted: Vec<String> = specs.iter().map(|s| format!("{:?}", s.name)).collect();
+    let mut quoted: Vec<String> = specs
+        .iter()
+        .take(16)
+        .map(|s| Quoted(&s.name).to_string())
+        .collect();
+    if specs.len() > 16 {
+        quoted.push(format!("… ({} in all)", specs.len()));
+    }
     quoted.join(", ")
 }
 
 fn check_shape(name: &str, shape: &[i64], spec: &TensorSpec) -> Result<Vec<u64>, BadRequest> {
+    let name = Quoted(name);
     if shape.len() != spec.shape.len() {
         return Err(bad!(
-            "input {name:?}: shape {shape:?} has {} dimensions, the model expects {} ({:?})",
+            "input {name}: shape {} has {} dimensions, the model expects {} ({})",
+            Dims(shape),
             shape.len(),
             spec.shape.len(),
-            spec.shape
+            Dims(&spec.shape)
         ));
     }
     let mut dims = Vec::with_capacity(shape.len());
     for (&got, &want) in shape.iter().zip(&spec.shape) {
         if got < 0 {
             return Err(bad!(
-                "input {name:?}: negative dimension in shape {shape:?}"
+                "input {name}: negative dimension in shape {}",
+                Dims(shape)
             ));
         }
         if want != -1 && got != want {
             return Err(bad!(
-                "input {name:?}: shape {shape:?} does not match the model's {:?}",
-                spec.shape
+                "input {name}: shape {} does not match the model's {}",
+                Dims(shape),
+                Dims(&spec.shape)
             ));
         }
         dims.push(got as u64);
@@ -503,37 +1003,26 @@ fn check_shape(name: &str, shape: &[i64], spec: &TensorSpec) -> Result<Vec<u64>,
     Ok(dims)
 }
 
-fn convert_parameters(
-    map: serde_json::Map<String, serde_json::Value>,
-) -> Result<Vec<(String, ParameterValue)>, BadRequest> {
-    map.into_iter()
-        .map(|(key, value)| {
-            let value = match value {
-                serde_json::Value::Bool(b) => ParameterValue::Bool(b),
-                serde_json::Value::String(s) => ParameterValue::Text(s),
-                serde_json::Value::Number(n) => match n.as_i64() {
-                    Some(i) => ParameterValue::Int(i),
-                    None => ParameterValue::Double(n.as_f64().unwrap_or(f64::NAN)),
-                },
-                _ => {
-                    return Err(bad!(
-                        "parameter {key:?}: only booleans, numbers and strings are supported"
-                    ));
-                }
-            };
-            Ok((key, value))
-        })
-        .collect()
-}
-
 /// Parses `data` (flat, or nested to exactly the depth of `shape`) into a
-/// typed list.
-fn parse_data(raw: &RawValue, datatype: Datatype, shape: &[u64]) -> Result<TensorData, String> {
-    let capacity = shape.iter().product::<u64>().min(1 << 20) as usize;
+/// typed list of at most `elements` elements, charging `meter` before it
+/// allocates.
+fn parse_data(
+    raw: &RawValue,
+    datatype: Datatype,
+    shape: &[u64],
+    elements: u64,
+    meter: &mut Meter<'_>,
+) -> Result<TensorData, DataError> {
+    // Each element takes at least two bytes of JSON (a digit and a comma,
+    // or the closing bracket), so `data` holds at most half its length in
+    // elements: a shape that claims more than that does not get the
+    // capacity it claims. Valid data gets exactly what its shape needs.
+    let capacity = elements.min(raw.get().len() as u64 / 2) as usize;
     macro_rules! parse_as {
         ($variant:ident, $ty:ty) => {{
+            meter.charge(vector_bytes::<$ty>(capacity))?;
             let mut out: Vec<$ty> = Vec::with_capacity(capacity);
-            flatten::<$ty>(raw, shape, &mut out)?;
+            flatten::<$ty>(raw, shape, elements, &mut out, meter)?;
             TensorData::$variant(out)
         }};
     }
@@ -548,8 +1037,10 @@ fn parse_data(raw: &RawValue, datatype: Datatype, shape: &[u64]) -> Result<Tenso
         Datatype::Int32 => parse_as!(Int32, i32),
         Datatype::Int64 => parse_as!(Int64, i64),
         Datatype::Fp16 => {
+            meter.charge(vector_bytes::<Half>(capacity))?;
             let mut out: Vec<Half> = Vec::with_capacity(capacity);
-            flatten::<Half>(raw, shape, &mut out)?;
+            flatten::<Half>(raw, shape, elements, &mut out, meter)?;
+            // Collected in place: `Half` is a transparent `u16`.
             TensorData::Fp16(out.into_iter().map(|h| h.0).collect())
         }
         Datatype::Fp32 => parse_as!(Fp32, f32),
@@ -559,11 +1050,14 @@ fn parse_data(raw: &RawValue, datatype: Datatype, shape: &[u64]) -> Result<Tenso
 }
 
 /// An FP16 element: parsed from a JSON number, stored as binary16 bits.
+#[repr(transparent)]
 struct Half(u16);
 
 /// One JSON scalar converted to a tensor element type.
 trait Element: Sized {
     const EXPECTED: &'static str;
+    /// Whether an element owns heap memory (BYTES), charged as it is parsed.
+    const HEAP: bool = false;
     fn from_bool(_: bool) -> Option<Self> {
         None
     }
@@ -642,49 +1136,69 @@ impl Element for Half {
 
 impl Element for Vec<u8> {
     const EXPECTED: &'static str = "a string";
+    const HEAP: bool = true;
     fn from_str(v: &str) -> Option<Self> {
         Some(v.as_bytes().to_vec())
     }
 }
 
 /// Walks a JSON array (flat, or nested to the depth of `shape`) and pushes
-/// its leaves into `out`, checking the nesting against `shape`.
-fn flatten<T: Element>(raw: &RawValue, shape: &[u64], out: &mut Vec<T>) -> Result<(), String> {
+/// its leaves into `out`, checking the nesting against `shape` and stopping
+/// at the first leaf past `limit`. BYTES elements are charged to `meter`
+/// before they are copied.
+fn flatten<T: Element>(
+    raw: &RawValue,
+    shape: &[u64],
+    limit: u64,
+    out: &mut Vec<T>,
+    meter: &mut Meter<'_>,
+) -> Result<(), DataError> {
     let mut de = serde_json::Deserializer::from_str(raw.get());
     let mut state = FlattenState {
         shape,
+        limit,
         leaf_depth: None,
+        meter,
+        exhausted: None,
     };
-    Level {
+    let result = Level {
         out,
         state: &mut state,
         depth: 0,
     }
-    .deserialize(&mut de)
-    .map_err(|e| {
+    .deserialize(&mut de);
+    if let Some(exhausted) = state.exhausted {
+        return Err(DataError::Exhausted(exhausted));
+    }
+    result.map_err(|e| {
         // serde_json appends " at line L column C"; the position inside the
         // data array is not useful to a caller, the message is.
         let text = e.to_string();
-        match text.find(" at line ") {
+        DataError::Bad(match text.find(" at line ") {
             Some(i) => text[..i].to_owned(),
             None => text,
-        }
+        })
     })
 }
 
-struct FlattenState<'s> {
+struct FlattenState<'s, 'm, 'r> {
     shape: &'s [u64],
+    /// Most leaves to take: the shape's element count.
+    limit: u64,
     /// Depth of the first leaf seen: 1 for flat data, `shape.len()` for nested.
     leaf_depth: Option<usize>,
+    meter: &'m mut Meter<'r>,
+    /// Set when the meter refused a charge (the error then says no more).
+    exhausted: Option<Exhausted>,
 }
 
-struct Level<'a, 's, T> {
+struct Level<'a, 's, 'm, 'r, T> {
     out: &'a mut Vec<T>,
-    state: &'a mut FlattenState<'s>,
+    state: &'a mut FlattenState<'s, 'm, 'r>,
     depth: usize,
 }
 
-impl<'de, T: Element> DeserializeSeed<'de> for Level<'_, '_, T> {
+impl<'de, T: Element> DeserializeSeed<'de> for Level<'_, '_, '_, '_, T> {
     type Value = ();
 
     fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<(), D::Error> {
@@ -692,7 +1206,7 @@ impl<'de, T: Element> DeserializeSeed<'de> for Level<'_, '_, T> {
     }
 }
 
-impl<'de, T: Element> Visitor<'de> for Level<'_, '_, T> {
+impl<'de, T: Element> Visitor<'de> for Level<'_, '_, '_, '_, T> {
     type Value = ();
 
     fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -753,11 +1267,18 @@ impl<'de, T: Element> Visitor<'de> for Level<'_, '_, T> {
     }
 
     fn visit_str<E: de::Error>(self, v: &str) -> Result<(), E> {
+        if T::HEAP && !v.is_empty() && self.depth > 0 {
+            // Charged before `from_str` copies it.
+            if let Err(exhausted) = self.state.meter.charge(v.len() + ALLOC_OVERHEAD) {
+                self.state.exhausted = Some(exhausted);
+                return Err(E::custom("the memory budget is exhausted"));
+            }
+        }
         self.leaf(T::from_str(v), || "a string".to_owned())
     }
 }
 
-impl<T: Element> Level<'_, '_, T> {
+impl<T: Element> Level<'_, '_, '_, '_, T> {
     fn leaf<E: de::Error>(self, value: Option<T>, shown: impl FnOnce() -> String) -> Result<(), E> {
         if self.depth == 0 {
             return Err(E::custom("data must be an array"));
@@ -776,6 +1297,14 @@ impl<T: Element> Level<'_, '_, T> {
                 return Err(E::custom("data mixes nesting depths"));
             }
             Some(_) => {}
+        }
+        // Stop at the first element past the shape rather than buffer them
+        // all: the vector's capacity is the shape's count.
+        if self.out.len() as u64 >= self.state.limit {
+            return Err(E::custom(format!(
+                "data has more elements than the {} its shape needs",
+                self.state.limit
+            )));
         }
         match value {
             Some(v) => {
@@ -1004,56 +1533,166 @@ impl Serialize for RequestParams<'_> {
     }
 }
 
-#[derive(Deserialize)]
+/// What a WASI preview 1 command wrote, as parsed before tensor data.
 struct RawCommandOutput<'a> {
-    #[serde(default, borrow)]
     outputs: Option<Vec<RawInput<'a>>>,
-    #[serde(default)]
     error: Option<String>,
+}
+
+/// Parses a [`RawCommandOutput`] with at most `max_outputs` outputs and
+/// the first [`MAX_MESSAGE_BYTES`] of its `error`.
+struct CommandSeed {
+    max_outputs: usize,
+}
+
+impl<'de> DeserializeSeed<'de> for CommandSeed {
+    type Value = RawCommandOutput<'de>;
+
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<Self::Value, D::Error> {
+        deserializer.deserialize_map(self)
+    }
+}
+
+impl<'de> Visitor<'de> for CommandSeed {
+    type Value = RawCommandOutput<'de>;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("an inference response object")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        let (mut outputs, mut error) = (None, None);
+        while let Some(Text(key)) = map.next_key::<Text<'de>>()? {
+            match key.as_ref() {
+                "outputs" => set_once(
+                    &mut outputs,
+                    "outputs",
+                    map.next_value_seed(BoundedVec::new(self.max_outputs, "outputs"))?,
+                )?,
+                "error" => set_once(
+                    &mut error,
+                    "error",
+                    map.next_value_seed(CutString(MAX_MESSAGE_BYTES))?,
+                )?,
+                _ => {
+                    map.next_value::<de::IgnoredAny>()?;
+                }
+            }
+        }
+        Ok(RawCommandOutput {
+            outputs,
+            error: error.flatten(),
+        })
+    }
+}
+
+/// An optional string, of which at most `.0` bytes are kept (see
+/// [`cut_message`]): the rest is never copied.
+struct CutString(usize);
+
+impl<'de> DeserializeSeed<'de> for CutString {
+    type Value = Option<String>;
+
+    fn deserialize<D: Deserializer<'de>>(
+        self,
+        deserializer: D,
+    ) -> Result<Option<String>, D::Error> {
+        deserializer.deserialize_option(self)
+    }
+}
+
+impl<'de> Visitor<'de> for CutString {
+    type Value = Option<String>;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a string")
+    }
+
+    fn visit_none<E: de::Error>(self) -> Result<Option<String>, E> {
+        Ok(None)
+    }
+
+    fn visit_some<D: Deserializer<'de>>(self, deserializer: D) -> Result<Option<String>, D::Error> {
+        deserializer.deserialize_str(self)
+    }
+
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<Option<String>, E> {
+        Ok(Some(cut_message(v, self.0).into_owned()))
+    }
 }
 
 /// Parses what a WASI preview 1 command wrote on stdout: an Open Inference
 /// Protocol response (`{"outputs": [...]}`; other fields are ignored, the
 /// host fills them in), or `{"error": "..."}` for a request the model
-/// refuses (the inner `Err`). The outer `Err` says why the output is not
-/// a response at all. The outputs still go through [`check_response`].
-pub fn parse_command_output(stdout: &[u8]) -> Result<Result<Vec<Tensor>, String>, String> {
-    let raw: RawCommandOutput<'_> =
-        serde_json::from_slice(stdout).map_err(|e| format!("not a JSON response: {e}"))?;
+/// refuses (the inner `Err`, cut to [`MAX_MESSAGE_BYTES`]). The outer `Err`
+/// says why the output is not a response at all, or is over a bound.
+///
+/// Bounded as a request is: at most as many outputs as `metadata`
+/// declares, counted as they are parsed; at most
+/// `limits.max_output_elements` elements over all outputs, checked on the
+/// declared shapes before anything is allocated; and at most `max_bytes`
+/// of host memory for the parsed tensors (the sandbox's
+/// [`Limits::output_bytes`](crate::Limits::output_bytes), the bound a
+/// component's response has), charged before each allocation. The outputs
+/// still go through [`check_response`].
+pub fn parse_command_output(
+    stdout: &[u8],
+    metadata: &ModelMetadata,
+    limits: &RequestLimits,
+    max_bytes: usize,
+) -> Result<Result<Vec<Tensor>, String>, ResponseError> {
+    use ResponseError::Invalid;
+    let mut de = serde_json::Deserializer::from_slice(stdout);
+    let raw = CommandSeed {
+        max_outputs: metadata.outputs.len(),
+    }
+    .deserialize(&mut de)
+    .and_then(|raw| de.end().map(|()| raw))
+    .map_err(|e| Invalid(format!("not a JSON response: {}", json_error(&e))))?;
     if let Some(message) = raw.error {
         return Ok(Err(message));
     }
     let raw_outputs = raw
         .outputs
-        .ok_or_else(|| "the response has neither `outputs` nor `error`".to_owned())?;
+        .ok_or_else(|| Invalid("the response has neither `outputs` nor `error`".to_owned()))?;
+
+    let budget = MemoryBudget::new(max_bytes);
+    let mut reservation = budget.reservation();
+    let mut meter = Meter::new(&mut reservation);
+    let mut total: u64 = 0;
     let mut outputs = Vec::with_capacity(raw_outputs.len());
     for output in raw_outputs {
+        let name = Quoted(&output.name);
         let datatype = Datatype::parse(&output.datatype).ok_or_else(|| {
-            format!(
-                "output {:?}: unknown datatype {:?}",
-                output.name, output.datatype
-            )
+            Invalid(format!(
+                "output {name}: unknown datatype {}",
+                Quoted(&output.datatype)
+            ))
         })?;
         let shape = output
             .shape
             .iter()
             .map(|d| u64::try_from(*d))
             .collect::<Result<Vec<u64>, _>>()
-            .map_err(|_| format!("output {:?}: negative dimension", output.name))?;
-        if shape
+            .map_err(|_| Invalid(format!("output {name}: negative dimension")))?;
+        let elements = shape
             .iter()
             .try_fold(1u64, |acc, d| acc.checked_mul(*d))
-            .is_none()
-        {
-            return Err(format!("output {:?}: shape is too large", output.name));
+            .ok_or_else(|| Invalid(format!("output {name}: shape is too large")))?;
+        total = total.saturating_add(elements);
+        if total > limits.max_output_elements {
+            return Err(ResponseError::TooLarge(limits.max_output_elements));
         }
         let raw_data = output
             .data
-            .ok_or_else(|| format!("output {:?} has no data", output.name))?;
-        let data = parse_data(raw_data, datatype, &shape)
-            .map_err(|e| format!("output {:?}: {e}", output.name))?;
+            .ok_or_else(|| Invalid(format!("output {name} has no data")))?;
+        let data =
+            parse_data(raw_data, datatype, &shape, elements, &mut meter).map_err(|e| match e {
+                DataError::Bad(e) => Invalid(format!("output {name}: {e}")),
+                DataError::Exhausted(_) => ResponseError::TooManyBytes(max_bytes),
+            })?;
         outputs.push(Tensor {
-            name: output.name,
+            name: output.name.into_owned(),
             shape,
             data,
         });
@@ -1085,20 +1724,20 @@ pub fn check_response(
     for tensor in response.outputs {
         let Some(spec) = metadata.outputs.iter().find(|s| s.name == tensor.name) else {
             return Err(Invalid(format!(
-                "the model returned undeclared output {:?}",
-                tensor.name
+                "the model returned undeclared output {}",
+                Quoted(&tensor.name)
             )));
         };
         if !seen.insert(spec.name.as_str()) {
             return Err(Invalid(format!(
-                "the model returned output {:?} more than once",
-                tensor.name
+                "the model returned output {} more than once",
+                Quoted(&tensor.name)
             )));
         }
         if tensor.data.datatype() != spec.datatype {
             return Err(Invalid(format!(
-                "output {:?} is {}, declared {}",
-                tensor.name,
+                "output {} is {}, declared {}",
+                Quoted(&tensor.name),
                 tensor.data.datatype().as_str(),
                 spec.datatype.as_str()
             )));
@@ -1109,9 +1748,9 @@ pub fn check_response(
             .try_fold(1u64, |acc, d| acc.checked_mul(*d));
         if elements != Some(tensor.data.len() as u64) {
             return Err(Invalid(format!(
-                "output {:?} has shape {:?} but {} elements",
-                tensor.name,
-                tensor.shape,
+                "output {} has shape {} but {} elements",
+                Quoted(&tensor.name),
+                Dims(&tensor.shape),
                 tensor.data.len()
             )));
         }
@@ -1133,6 +1772,31 @@ pub fn check_response(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Parses with a budget that never runs out: these tests are about
+    /// what a request says, not what it costs.
+    fn infer(
+        body: &[u8],
+        json_len: Option<usize>,
+        meta: &ModelMetadata,
+        limits: &RequestLimits,
+    ) -> Result<ParsedInfer, BadRequest> {
+        let mut reservation = MemoryBudget::new(usize::MAX).reservation();
+        parse_infer(body, json_len, meta, limits, &mut reservation).map_err(|e| match e {
+            ParseError::Bad(e) => e,
+            ParseError::Exhausted(e) => panic!("an unlimited budget ran out: {e}"),
+        })
+    }
+
+    fn decode(bytes: &[u8], datatype: Datatype, elements: u64) -> Result<TensorData, String> {
+        let mut reservation = MemoryBudget::new(usize::MAX).reservation();
+        decode_binary(bytes, datatype, elements, &mut Meter::new(&mut reservation)).map_err(|e| {
+            match e {
+                DataError::Bad(e) => e,
+                DataError::Exhausted(e) => panic!("an unlimited budget ran out: {e}"),
+            }
+        })
+    }
 
     fn metadata() -> ModelMetadata {
         ModelMetadata {
@@ -1158,7 +1822,7 @@ mod tests {
         meta: &ModelMetadata,
         limits: &RequestLimits,
     ) -> Result<InferRequest, BadRequest> {
-        parse_infer(body.as_bytes(), None, meta, limits).map(|parsed| parsed.request)
+        infer(body.as_bytes(), None, meta, limits).map(|parsed| parsed.request)
     }
 
     fn parse(body: &str) -> Result<InferRequest, BadRequest> {
@@ -1404,7 +2068,7 @@ mod tests {
             let mut bytes = Vec::new();
             encode_binary(&data, &mut bytes);
             assert_eq!(bytes.len(), binary_len(&data), "{:?}", data.datatype());
-            let back = decode_binary(&bytes, data.datatype(), 3).unwrap();
+            let back = decode(&bytes, data.datatype(), 3).unwrap();
             assert_eq!(format!("{back:?}"), format!("{data:?}"));
         }
         // The layout is the extension's: little-endian, BOOL as 0/1 bytes,
@@ -1419,20 +2083,20 @@ mod tests {
     #[test]
     fn binary_data_of_the_wrong_size_is_refused() {
         let four = [0u8; 4];
-        let err = decode_binary(&four, Datatype::Fp32, 2).unwrap_err();
+        let err = decode(&four, Datatype::Fp32, 2).unwrap_err();
         assert!(err.contains("needs 2 elements of 4 bytes"), "{err}");
-        assert!(decode_binary(&four[..3], Datatype::Fp32, 1).is_err());
+        assert!(decode(&four[..3], Datatype::Fp32, 1).is_err());
         assert!(
-            decode_binary(&[2], Datatype::Bool, 1)
+            decode(&[2], Datatype::Bool, 1)
                 .unwrap_err()
                 .contains("neither 0 nor 1")
         );
         // BYTES: a length running past the end, a length cut short, bytes left over.
-        assert!(decode_binary(&[5, 0, 0, 0, b'a'], Datatype::Bytes, 1).is_err());
-        assert!(decode_binary(&[1, 0, 0, 0, b'a', 0, 0], Datatype::Bytes, 2).is_err());
-        assert!(decode_binary(&[1, 0, 0, 0, b'a', 9], Datatype::Bytes, 1).is_err());
+        assert!(decode(&[5, 0, 0, 0, b'a'], Datatype::Bytes, 1).is_err());
+        assert!(decode(&[1, 0, 0, 0, b'a', 0, 0], Datatype::Bytes, 2).is_err());
+        assert!(decode(&[1, 0, 0, 0, b'a', 9], Datatype::Bytes, 1).is_err());
         assert!(matches!(
-            decode_binary(&[0, 0, 0, 0], Datatype::Bytes, 1).unwrap(),
+            decode(&[0, 0, 0, 0], Datatype::Bytes, 1).unwrap(),
             TensorData::Bytes(v) if v == [Vec::<u8>::new()]
         ));
     }
@@ -1470,7 +2134,7 @@ mod tests {
             "parameters":{"binary_data_output":true,"tag":"t"},
             "outputs":[{"name":"out","parameters":{"binary_data":false}}]}"#;
         let (body, len) = with_binary(json, &binary);
-        let parsed = parse_infer(&body, len, &meta, &RequestLimits::default()).unwrap();
+        let parsed = infer(&body, len, &meta, &RequestLimits::default()).unwrap();
         let request = &parsed.request;
         assert_eq!(fp32(request), &[1.0, 2.0, 3.0]);
         assert!(matches!(&request.inputs[1].data, TensorData::Bool(v) if v == &[true, false]));
@@ -1550,7 +2214,7 @@ mod tests {
             },
         ];
         for (body, len, want) in cases {
-            let err = parse_infer(&body, len, &meta, &RequestLimits::default()).unwrap_err();
+            let err = infer(&body, len, &meta, &RequestLimits::default()).unwrap_err();
             assert!(
                 err.0.contains(want),
                 "{:?}: {err} (wanted {want:?})",
@@ -1594,7 +2258,7 @@ mod tests {
         let tail = &bytes[json_len..];
         assert_eq!(tail.len(), 8);
         assert!(matches!(
-            decode_binary(tail, Datatype::Fp32, 2).unwrap(),
+            decode(tail, Datatype::Fp32, 2).unwrap(),
             TensorData::Fp32(v) if v == [0.25, 0.75]
         ));
 
@@ -1606,5 +2270,379 @@ mod tests {
         let (bytes, json_len) = plain.to_bytes().unwrap();
         assert_eq!(json_len, None);
         assert_eq!(bytes, serde_json::to_vec(&plain).unwrap());
+    }
+
+    // Attacks on the parser: each is refused, or charged, before it is
+    // allocated, and a normal request parses after it.
+
+    fn normal_request_still_parses() {
+        let req = parse(
+            r#"{"inputs":[{"name":"input","shape":[1,3],"datatype":"FP32","data":[1,2,3]}]}"#,
+        )
+        .unwrap();
+        assert_eq!(fp32(&req), &[1.0, 2.0, 3.0]);
+    }
+
+    fn bad_of(result: Result<ParsedInfer, ParseError>) -> String {
+        match result {
+            Err(ParseError::Bad(e)) => e.0,
+            Err(ParseError::Exhausted(e)) => panic!("expected a bad request, got {e}"),
+            Ok(_) => panic!("expected a bad request, got a request"),
+        }
+    }
+
+    #[test]
+    fn a_small_request_holds_what_it_keeps_and_the_budget_gets_the_rest_back() {
+        let budget = MemoryBudget::new(1 << 20);
+        let mut reservation = budget.reservation();
+        let body = r#"{"id":"x","inputs":[{"name":"input","shape":[2,3],"datatype":"FP32","data":[1,2,3,4,5,6]}]}"#;
+        let parsed = parse_infer(
+            body.as_bytes(),
+            None,
+            &metadata(),
+            &RequestLimits::default(),
+            &mut reservation,
+        )
+        .unwrap();
+        let data = r#"[1,2,3,4,5,6]"#.len();
+        // The text outside `data`, then 6 FP32 exactly; the step's credit
+        // went back.
+        assert_eq!(reservation.held(), body.len() - data + 6 * 4);
+        assert_eq!(budget.in_use(), reservation.held());
+        drop(parsed);
+        drop(reservation);
+        assert_eq!(budget.in_use(), 0);
+    }
+
+    #[test]
+    fn a_shape_that_claims_more_than_its_data_does_not_get_its_capacity() {
+        // 3e9 FP64 elements declared (24 GB), none sent: refused for what
+        // the data holds, within a 1 MiB budget, nothing reserved for the
+        // claim.
+        let limits = RequestLimits {
+            max_elements: u64::MAX,
+            ..RequestLimits::default()
+        };
+        let mut meta = metadata();
+        meta.inputs[0].datatype = Datatype::Fp64;
+        let budget = MemoryBudget::new(1 << 20);
+        let mut reservation = budget.reservation();
+        let body = r#"{"inputs":[{"name":"input","shape":[1000000000,3],"datatype":"FP64","data":[1,2]}]}"#;
+        let message = bad_of(parse_infer(
+            body.as_bytes(),
+            None,
+            &meta,
+            &limits,
+            &mut reservation,
+        ));
+        assert!(
+            message.contains("needs 3000000000 elements but data has 2"),
+            "{message}"
+        );
+        assert!(
+            reservation.held() < 1024,
+            "{} bytes held",
+            reservation.held()
+        );
+        normal_request_still_parses();
+    }
+
+    #[test]
+    fn data_past_the_shape_stops_at_the_first_extra_element() {
+        // Shape [1, 3], a million elements: refused at the fourth, and the
+        // vector never grows past its 3-element capacity (charged: 12 bytes).
+        let data = vec!["1"; 1 << 20].join(",");
+        let body = format!(
+            r#"{{"inputs":[{{"name":"input","shape":[1,3],"datatype":"FP32","data":[{data}]}}]}}"#
+        );
+        let budget = MemoryBudget::new(usize::MAX);
+        let mut reservation = budget.reservation();
+        let message = bad_of(parse_infer(
+            body.as_bytes(),
+            None,
+            &metadata(),
+            &RequestLimits::default(),
+            &mut reservation,
+        ));
+        assert!(message.contains("more elements than the 3"), "{message}");
+        normal_request_still_parses();
+    }
+
+    #[test]
+    fn a_million_dimensions_are_refused_with_a_short_message() {
+        let dims = vec!["1"; 1_000_000].join(",");
+        let body = format!(
+            r#"{{"inputs":[{{"name":"input","shape":[{dims}],"datatype":"FP32","data":[1]}}]}}"#
+        );
+        let err = parse(&body).unwrap_err();
+        assert!(
+            err.0.contains("more dimensions than the 64 allowed"),
+            "{err}"
+        );
+        assert!(err.0.len() < 256, "{} bytes", err.0.len());
+        // Within the rank bound, a mismatched shape shows 16 dimensions.
+        let dims = vec!["1"; 40].join(",");
+        let body = format!(
+            r#"{{"inputs":[{{"name":"input","shape":[{dims}],"datatype":"FP32","data":[1]}}]}}"#
+        );
+        let err = parse(&body).unwrap_err();
+        assert!(err.0.contains("… (40 dimensions)]"), "{err}");
+        assert!(err.0.len() < 256, "{} bytes", err.0.len());
+        normal_request_still_parses();
+    }
+
+    #[test]
+    fn long_names_are_cut_where_they_are_quoted() {
+        let name = "n".repeat(1 << 20);
+        let body = format!(
+            r#"{{"inputs":[{{"name":"{name}","shape":[1,3],"datatype":"{name}","data":[1,2,3]}}]}}"#
+        );
+        let err = parse(&body).unwrap_err();
+        assert!(
+            err.0.starts_with("unexpected input \"nnn"),
+            "{}",
+            &err.0[..100]
+        );
+        assert!(err.0.contains("(1048576 bytes)"), "{}", &err.0[..200]);
+        assert!(err.0.len() < 256, "{} bytes", err.0.len());
+        let body = format!(
+            r#"{{"inputs":[{{"name":"input","shape":[1,3],"datatype":"{name}","data":[1,2,3]}}]}}"#
+        );
+        let err = parse(&body).unwrap_err();
+        assert!(err.0.contains("unknown datatype"), "{}", &err.0[..100]);
+        assert!(err.0.len() < 256, "{} bytes", err.0.len());
+        // A serde error quoting a huge string is cut too.
+        let body = format!(r#"{{"inputs":"{name}"}}"#);
+        let err = parse(&body).unwrap_err();
+        assert!(err.0.len() <= MAX_MESSAGE_BYTES, "{} bytes", err.0.len());
+    }
+
+    #[test]
+    fn parameters_are_bounded_and_only_scalars_are_read() {
+        let ok_input =
+            r#""inputs":[{"name":"input","shape":[1,3],"datatype":"FP32","data":[1,2,3]}]"#;
+        // A parameter holding a huge array: refused, never built.
+        let big = vec!["0"; 1 << 20].join(",");
+        let err = parse(&format!(r#"{{"parameters":{{"a":[{big}]}},{ok_input}}}"#)).unwrap_err();
+        assert!(err.0.contains("parameter \"a\": only booleans"), "{err}");
+        // Too many keys: refused at the 65th.
+        let keys: Vec<String> = (0..100_000).map(|i| format!(r#""k{i}":1"#)).collect();
+        let err = parse(&format!(
+            r#"{{"parameters":{{{}}},{ok_input}}}"#,
+            keys.join(",")
+        ))
+        .unwrap_err();
+        assert!(
+            err.0.contains("more parameters than the 64 allowed"),
+            "{err}"
+        );
+        // The same on an input's and an output's parameters.
+        let err = parse(&format!(
+            r#"{{"inputs":[{{"name":"input","shape":[1,3],"datatype":"FP32","data":[1,2,3],"parameters":{{{}}}}}]}}"#,
+            keys.join(",")
+        ))
+        .unwrap_err();
+        assert!(err.0.contains("more parameters than"), "{err}");
+        // A key twice is ambiguous.
+        let err = parse(&format!(r#"{{"parameters":{{"a":1,"a":2}},{ok_input}}}"#)).unwrap_err();
+        assert!(err.0.contains("appears twice"), "{err}");
+        // Scalars convert as before.
+        let req = parse(&format!(
+            r#"{{"parameters":{{"b":true,"i":-3,"u":18446744073709551615,"f":0.5,"t":"x\n"}},{ok_input}}}"#
+        ))
+        .unwrap();
+        assert!(matches!(req.parameters[0], (ref k, ParameterValue::Bool(true)) if k == "b"));
+        assert!(matches!(req.parameters[1], (_, ParameterValue::Int(-3))));
+        assert!(matches!(req.parameters[2], (_, ParameterValue::Double(d)) if d > 1e19));
+        assert!(matches!(
+            req.parameters[3],
+            (_, ParameterValue::Double(0.5))
+        ));
+        assert!(matches!(&req.parameters[4], (_, ParameterValue::Text(t)) if t == "x\n"));
+    }
+
+    #[test]
+    fn inputs_and_outputs_are_counted_against_what_the_model_declares() {
+        let one = r#"{"name":"input","shape":[1,3],"datatype":"FP32","data":[1,2,3]}"#;
+        let inputs = vec![one; 100_000].join(",");
+        let err = parse(&format!(r#"{{"inputs":[{inputs}]}}"#)).unwrap_err();
+        assert!(err.0.contains("more inputs than the 1 allowed"), "{err}");
+        let outputs = vec![r#"{"name":"out"}"#; 100_000].join(",");
+        let err = parse(&format!(r#"{{"inputs":[{one}],"outputs":[{outputs}]}}"#)).unwrap_err();
+        assert!(err.0.contains("more outputs than the 1 allowed"), "{err}");
+        // Within the count, duplicates are still named.
+        let mut meta = metadata();
+        meta.inputs.push(TensorSpec {
+            name: "other".into(),
+            datatype: Datatype::Fp32,
+            shape: vec![-1],
+        });
+        let err = infer(
+            format!(r#"{{"inputs":[{one},{one}]}}"#).as_bytes(),
+            None,
+            &meta,
+            &RequestLimits::default(),
+        )
+        .unwrap_err();
+        assert!(err.0.contains("appears more than once"), "{err}");
+        normal_request_still_parses();
+    }
+
+    #[test]
+    fn bytes_elements_are_charged_and_a_small_budget_runs_out() {
+        let mut meta = metadata();
+        meta.inputs[0] = TensorSpec {
+            name: "input".into(),
+            datatype: Datatype::Bytes,
+            shape: vec![-1],
+        };
+        let request = |element: &str, n: usize| {
+            let data = vec![element; n].join(",");
+            format!(
+                r#"{{"inputs":[{{"name":"input","shape":[{n}],"datatype":"BYTES","data":[{data}]}}]}}"#
+            )
+        };
+        let limits = RequestLimits::default();
+        // 200,000 empty strings (600 KB of JSON) are 4.8 MB of vector: a
+        // 1 MiB budget refuses them, as it does in the binary format.
+        let budget = MemoryBudget::new(1 << 20);
+        let body = request(r#""""#, 200_000);
+        let mut reservation = budget.reservation();
+        let result = parse_infer(body.as_bytes(), None, &meta, &limits, &mut reservation);
+        assert!(
+            matches!(result, Err(ParseError::Exhausted(_))),
+            "{result:?}"
+        );
+        let mut binary = Vec::new();
+        encode_binary(&TensorData::Bytes(vec![Vec::new(); 200_000]), &mut binary);
+        let json = r#"{"inputs":[{"name":"input","shape":[200000],"datatype":"BYTES","parameters":{"binary_data_size":800000}}]}"#;
+        let (body, len) = with_binary(json, &binary);
+        let result = parse_infer(&body, len, &meta, &limits, &mut reservation);
+        assert!(
+            matches!(result, Err(ParseError::Exhausted(_))),
+            "{result:?}"
+        );
+        drop(reservation);
+        assert_eq!(budget.in_use(), 0, "a refused request holds nothing");
+
+        // With room, what is held covers the vector and each string's heap
+        // block, in both formats.
+        let budget = MemoryBudget::new(usize::MAX);
+        for (body, len) in [(request(r#""ab""#, 10_000).into_bytes(), None), {
+            let mut binary = Vec::new();
+            encode_binary(
+                &TensorData::Bytes(vec![b"ab".to_vec(); 10_000]),
+                &mut binary,
+            );
+            let json = format!(
+                r#"{{"inputs":[{{"name":"input","shape":[10000],"datatype":"BYTES","parameters":{{"binary_data_size":{}}}}}]}}"#,
+                binary.len()
+            );
+            with_binary(&json, &binary)
+        }] {
+            let mut reservation = budget.reservation();
+            let parsed = parse_infer(&body, len, &meta, &limits, &mut reservation).unwrap();
+            assert_eq!(parsed.request.inputs[0].data.len(), 10_000);
+            let floor = 10_000 * (size_of::<Vec<u8>>() + 2 + ALLOC_OVERHEAD);
+            assert!(
+                reservation.held() >= floor,
+                "{} < {floor}",
+                reservation.held()
+            );
+            assert!(reservation.held() < floor + body.len() + CHARGE_STEP);
+        }
+        assert_eq!(budget.in_use(), 0);
+        normal_request_still_parses();
+    }
+
+    #[test]
+    fn messages_are_cut_at_a_char_boundary_with_a_marker() {
+        assert_eq!(cut_message("short", 10), "short");
+        let cut = cut_message("ééééé", 5); // 10 bytes; byte 5 is inside an é
+        assert_eq!(cut, "éé… (6 bytes cut)");
+        let mut s = "x".repeat(1 << 20);
+        cut_string(&mut s, MAX_MESSAGE_BYTES);
+        assert!(s.ends_with("… (1047552 bytes cut)"), "{}", &s[1000..]);
+        assert!(s.capacity() < 2 * MAX_MESSAGE_BYTES, "{}", s.capacity());
+    }
+
+    /// What a hostile command writes: `count` outputs each declaring a
+    /// 1 Mi-element BYTES tensor with no data.
+    fn hostile_command_output(count: usize) -> Vec<u8> {
+        let one = r#"{"name":"out","shape":[1048576],"datatype":"BYTES","data":[]}"#;
+        format!(r#"{{"outputs":[{}]}}"#, vec![one; count].join(",")).into_bytes()
+    }
+
+    #[test]
+    fn a_command_cannot_declare_more_outputs_or_elements_than_allowed() {
+        let limits = RequestLimits::default();
+        // 200,001 outputs against one declared: refused at the second.
+        let stdout = hostile_command_output(200_001);
+        let result = parse_command_output(&stdout, &metadata(), &limits, 16 << 20);
+        assert!(
+            matches!(&result, Err(ResponseError::Invalid(m)) if m.contains("more outputs than the 1 allowed")),
+            "{result:?}"
+        );
+        // A model declaring that many outputs: its shapes claim 16 Mi
+        // elements by the 17th, over the response's element bound.
+        let mut many = metadata();
+        many.outputs = (0..200_001)
+            .map(|i| TensorSpec {
+                name: format!("o{i}"),
+                datatype: Datatype::Bytes,
+                shape: vec![-1],
+            })
+            .collect();
+        let result = parse_command_output(&stdout, &many, &limits, 16 << 20);
+        assert!(
+            matches!(result, Err(ResponseError::TooLarge(n)) if n == limits.max_output_elements),
+            "{result:?}"
+        );
+        // One output whose data runs past its shape: refused at the first
+        // extra element.
+        let data = vec!["1"; 1 << 20].join(",");
+        let stdout = format!(
+            r#"{{"outputs":[{{"name":"out","shape":[1],"datatype":"FP32","data":[{data}]}}]}}"#
+        );
+        let result = parse_command_output(stdout.as_bytes(), &metadata(), &limits, 16 << 20);
+        assert!(
+            matches!(&result, Err(ResponseError::Invalid(m)) if m.contains("more elements than the 1")),
+            "{result:?}"
+        );
+        // Strings that take more host memory than the output allowance.
+        let data = vec![r#""ab""#; 100_000].join(",");
+        let stdout = format!(
+            r#"{{"outputs":[{{"name":"out","shape":[100000],"datatype":"BYTES","data":[{data}]}}]}}"#
+        );
+        let result = parse_command_output(stdout.as_bytes(), &metadata(), &limits, 1 << 20);
+        assert!(
+            matches!(result, Err(ResponseError::TooManyBytes(n)) if n == 1 << 20),
+            "{result:?}"
+        );
+        // A well-behaved command still parses.
+        let ok = br#"{"outputs":[{"name":"out","shape":[2],"datatype":"FP32","data":[0.5,1]}],"model_name":"x"}"#;
+        let outputs = parse_command_output(ok, &metadata(), &limits, 1 << 20)
+            .unwrap()
+            .unwrap();
+        assert!(matches!(&outputs[0].data, TensorData::Fp32(v) if v == &[0.5, 1.0]));
+    }
+
+    #[test]
+    fn a_command_error_message_is_cut_as_it_is_parsed() {
+        let stdout = format!(r#"{{"error":"{}"}}"#, "e".repeat(4 << 20));
+        let message = parse_command_output(
+            stdout.as_bytes(),
+            &metadata(),
+            &RequestLimits::default(),
+            1 << 20,
+        )
+        .unwrap()
+        .unwrap_err();
+        assert!(
+            message.len() < MAX_MESSAGE_BYTES + 64,
+            "{} bytes",
+            message.len()
+        );
+        assert!(message.ends_with("bytes cut)"), "{}", &message[1000..]);
     }
 }

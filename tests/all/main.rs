@@ -24,6 +24,7 @@ mod lambda;
 #[path = "../../guest-models/digits/src/mlp.rs"]
 #[allow(dead_code)]
 mod mlp;
+mod parsing;
 mod pii;
 mod policy;
 mod preinit;

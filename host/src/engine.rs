@@ -560,17 +560,117 @@ pub fn classify(error: wasmtime::Error, limits: &Limits) -> GuestFailure {
 /// as easily; XXH3 checks a 56 MB artifact in a few milliseconds where
 /// sha256 takes about a hundred.)
 ///
+/// The local directory is trusted: it is this host's own disk, written only
+/// by this host (like its binary and its data directory). Whoever can write
+/// it can already run code as the host.
+///
 /// With a store that shares artifacts (S3), the cache has a second tier: a
 /// local miss looks for the artifact in the store (under the same engine
-/// hash, with its checksum in the object's metadata), checks it, writes it
-/// to the local directory with its sidecar and deserializes the local copy;
-/// an artifact compiled here is written to the store as well, so one
-/// Lambda instance compiles and the others download.
+/// hash), checks it, writes it to the local directory with its sidecar and
+/// deserializes the local copy; an artifact compiled here is written to the
+/// store as well, so one Lambda instance compiles and the others download.
+/// A shared store is not this host's disk: anyone who can write its prefix
+/// could hand every host native code. So a shared artifact carries a keyed
+/// MAC (HMAC-SHA256, in the object's metadata) over its engine hash, the
+/// component's digest and its bytes, with an [`ArtifactKey`] from the
+/// host's configuration that is never stored beside the artifacts; one
+/// whose MAC does not verify is ignored and compiled again (and the good
+/// artifact shared in its place). A host without a key neither fetches nor
+/// shares artifacts: it compiles everything itself (and says so at start).
+/// HMAC-SHA256 over a 56 MB artifact costs tens of milliseconds, paid only
+/// on a download or an upload, next to the transfer itself.
 #[derive(Debug, Clone)]
 pub struct ArtifactCache {
     dir: PathBuf,
     engine_hash: String,
-    shared: Option<Arc<dyn crate::store::Store>>,
+    shared: Option<(Arc<dyn crate::store::Store>, ArtifactKey)>,
+}
+
+/// The secret key of the MAC on compiled artifacts shared through a store
+/// (see [`ArtifactCache`]): at least [`ArtifactKey::MIN_BYTES`] bytes, given
+/// in hex in `AIRLOCK_ARTIFACT_KEY` (on Lambda the function's configuration,
+/// where `infra` puts a random key on create and keeps it on update). Every
+/// host sharing a store needs the same key. Its `Debug` form shows nothing.
+#[derive(Clone)]
+pub struct ArtifactKey(Arc<[u8]>);
+
+impl std::fmt::Debug for ArtifactKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ArtifactKey(..)")
+    }
+}
+
+impl ArtifactKey {
+    /// The environment variable both binaries read the key from.
+    pub const ENV: &'static str = "AIRLOCK_ARTIFACT_KEY";
+    /// The shortest key accepted, in bytes.
+    pub const MIN_BYTES: usize = 32;
+
+    /// A key from its hex form (surrounding whitespace ignored). Errors
+    /// never repeat the key.
+    pub fn from_hex(text: &str) -> Result<Self, String> {
+        let bytes = hex::decode(text.trim())
+            .map_err(|_| "the artifact key must be hex digits".to_owned())?;
+        if bytes.len() < Self::MIN_BYTES {
+            return Err(format!(
+                "the artifact key is {} bytes; at least {} are needed",
+                bytes.len(),
+                Self::MIN_BYTES
+            ));
+        }
+        Ok(Self(bytes.into()))
+    }
+
+    /// The key in [`ArtifactKey::ENV`]: `None` when the variable is unset,
+    /// an error when it is set but empty or not a valid key (a typo must not
+    /// quietly turn artifact sharing off, nor run with a weak key).
+    pub fn from_env() -> anyhow::Result<Option<Self>> {
+        match std::env::var(Self::ENV) {
+            Err(std::env::VarError::NotPresent) => Ok(None),
+            Err(std::env::VarError::NotUnicode(_)) => {
+                anyhow::bail!("{}: the artifact key must be hex digits", Self::ENV)
+            }
+            Ok(text) => Self::from_hex(&text)
+                .map(Some)
+                .map_err(|e| anyhow::anyhow!("{}: {e}", Self::ENV)),
+        }
+    }
+
+    /// The MAC of a shared artifact: HMAC-SHA256 over a domain tag, the
+    /// engine hash, the component digest and the artifact's bytes, so that
+    /// an artifact cannot be passed off as another component's or another
+    /// engine's.
+    fn mac(&self, engine_hash: &str, digest: &str, bytes: &[u8]) -> hmac::Hmac<Sha256> {
+        use hmac::Mac as _;
+        let mut mac =
+            <hmac::Hmac<Sha256>>::new_from_slice(&self.0).expect("HMAC takes a key of any length");
+        mac.update(b"airlock shared artifact v1\0");
+        mac.update(engine_hash.as_bytes());
+        mac.update(b"\0");
+        mac.update(digest.as_bytes());
+        mac.update(b"\0");
+        mac.update(bytes);
+        mac
+    }
+
+    /// The MAC (hex) a shared artifact of component `digest` compiled by
+    /// engine `engine_hash` carries: HMAC-SHA256 over a domain tag, the
+    /// engine hash, the digest and the artifact's bytes.
+    pub fn sign(&self, engine_hash: &str, digest: &str, bytes: &[u8]) -> String {
+        use hmac::Mac as _;
+        hex::encode(self.mac(engine_hash, digest, bytes).finalize().into_bytes())
+    }
+
+    /// Whether `tag` (hex) is [`ArtifactKey::sign`]'s MAC of this artifact
+    /// under this key, compared in constant time.
+    pub fn verify(&self, engine_hash: &str, digest: &str, bytes: &[u8], tag: &str) -> bool {
+        use hmac::Mac as _;
+        hex::decode(tag.trim()).is_ok_and(|tag| {
+            self.mac(engine_hash, digest, bytes)
+                .verify_slice(&tag)
+                .is_ok()
+        })
+    }
 }
 
 /// How a component was obtained from the cache.
@@ -592,10 +692,24 @@ impl ArtifactCache {
         }
     }
 
-    /// Adds `store` as a shared second tier, if it shares artifacts.
-    pub fn with_shared(mut self, store: Arc<dyn crate::store::Store>) -> Self {
+    /// Adds `store` as a shared second tier, if it shares artifacts and
+    /// there is a `key` to authenticate them with; without a key, shared
+    /// artifacts are not trusted at all (logged once, here).
+    pub fn with_shared(
+        mut self,
+        store: Arc<dyn crate::store::Store>,
+        key: Option<ArtifactKey>,
+    ) -> Self {
         if store.shares_artifacts() {
-            self.shared = Some(store);
+            match key {
+                Some(key) => self.shared = Some((store, key)),
+                None => tracing::warn!(
+                    store = %store.location(),
+                    "no artifact key ({}): compiled artifacts are neither fetched from nor \
+                     shared through the store; this host compiles every model itself",
+                    ArtifactKey::ENV
+                ),
+            }
         }
         self
     }
@@ -664,8 +778,13 @@ impl ArtifactCache {
             write_atomic(&artifact, &bytes)
         })();
         stored.map_err(|e| ArtifactError::Store(e.into()))?;
-        if let Some(shared) = &self.shared
-            && let Err(error) = shared.put_artifact(&self.engine_hash, digest, &bytes, &sum)
+        if let Some((shared, key)) = &self.shared
+            && let Err(error) = shared.put_artifact(
+                &self.engine_hash,
+                digest,
+                &bytes,
+                &key.sign(&self.engine_hash, digest, &bytes),
+            )
         {
             // Only a cost: other hosts compile it themselves.
             tracing::warn!(
@@ -710,11 +829,12 @@ impl ArtifactCache {
         }
     }
 
-    /// Copies the shared artifact of `digest`, if there is one and its bytes
-    /// match its recorded checksum, into the local directory. Never
-    /// deserializes anything: the local copy goes through `load_verified`.
+    /// Copies the shared artifact of `digest`, if there is one and its MAC
+    /// verifies under this host's key, into the local directory (with a
+    /// local checksum sidecar). Never deserializes anything: the local copy
+    /// goes through `load_verified`.
     fn fetch_shared(&self, digest: &str, artifact: &Path, sidecar: &Path) -> bool {
-        let Some(shared) = &self.shared else {
+        let Some((shared, key)) = &self.shared else {
             return false;
         };
         let (bytes, expected) = match shared.get_artifact(&self.engine_hash, digest) {
@@ -729,15 +849,15 @@ impl ArtifactCache {
                 return false;
             }
         };
-        if checksum(&bytes) != expected.trim() {
+        if !key.verify(&self.engine_hash, digest, &bytes, &expected) {
             tracing::warn!(
                 sha256 = digest,
-                "shared artifact failed its checksum; recompiling"
+                "shared artifact failed its MAC (altered, or written with another key); recompiling"
             );
             return false;
         }
         let written = std::fs::create_dir_all(&self.dir)
-            .and_then(|()| write_atomic(sidecar, expected.trim().as_bytes()))
+            .and_then(|()| write_atomic(sidecar, checksum(&bytes).as_bytes()))
             .and_then(|()| write_atomic(artifact, &bytes));
         match written {
             Ok(()) => true,
@@ -769,6 +889,46 @@ impl ArtifactCache {
                 None
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod artifact_key_tests {
+    use super::ArtifactKey;
+
+    #[test]
+    fn keys_are_hex_of_at_least_32_bytes_and_never_shown() {
+        let key = ArtifactKey::from_hex(&format!(" {} \n", "ab".repeat(32))).unwrap();
+        assert_eq!(format!("{key:?}"), "ArtifactKey(..)");
+        let err = ArtifactKey::from_hex(&"ab".repeat(31)).unwrap_err();
+        assert!(err.contains("31 bytes"), "{err}");
+        let err = ArtifactKey::from_hex(&format!("{}zz", "ab".repeat(32))).unwrap_err();
+        assert!(!err.contains("abab"), "the key is not repeated: {err}");
+        assert!(ArtifactKey::from_hex("").is_err());
+    }
+
+    #[test]
+    fn the_mac_binds_the_bytes_the_component_and_the_engine() {
+        let key = ArtifactKey::from_hex(&"ab".repeat(32)).unwrap();
+        let other = ArtifactKey::from_hex(&"cd".repeat(32)).unwrap();
+        let (engine, digest) = ("e1", "0".repeat(64));
+        let tag = key.sign(engine, &digest, b"artifact");
+        assert_eq!(tag.len(), 64);
+        assert!(key.verify(engine, &digest, b"artifact", &tag));
+        assert!(!key.verify(engine, &digest, b"artifacT", &tag), "bytes");
+        assert!(
+            !key.verify(engine, &"1".repeat(64), b"artifact", &tag),
+            "component"
+        );
+        assert!(!key.verify("e2", &digest, b"artifact", &tag), "engine");
+        assert!(!other.verify(engine, &digest, b"artifact", &tag), "key");
+        assert!(!key.verify(engine, &digest, b"artifact", "not hex"));
+        assert!(
+            !key.verify(engine, &digest, b"artifact", &tag[..32]),
+            "truncated"
+        );
+        let unkeyed = format!("{:032x}", xxhash_rust::xxh3::xxh3_128(b"artifact"));
+        assert!(!key.verify(engine, &digest, b"artifact", &unkeyed));
     }
 }
 

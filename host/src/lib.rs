@@ -83,6 +83,11 @@ pub struct HostConfig {
     /// How uploaded wasm is compiled: in a bounded worker process for a
     /// server (see [`compile`]); in process by default.
     pub compiler: compile::Compiler,
+    /// Key of the MAC on compiled artifacts shared through the store (S3;
+    /// see [`engine::ArtifactCache`]). Without one, shared artifacts are
+    /// neither fetched nor uploaded. Both binaries read it from
+    /// `AIRLOCK_ARTIFACT_KEY`.
+    pub artifact_key: Option<engine::ArtifactKey>,
 }
 
 impl HostConfig {
@@ -101,6 +106,7 @@ impl HostConfig {
             trusted_keys: signing::TrustedKeys::default(),
             require_signatures: false,
             compiler: compile::Compiler::InProcess,
+            artifact_key: None,
         }
     }
 }
@@ -206,8 +212,8 @@ impl Host {
             .artifacts_dir
             .clone()
             .unwrap_or_else(|| config.data_dir.join("artifacts"));
-        let cache =
-            engine::ArtifactCache::new(&artifacts, &runtime).with_shared(Arc::clone(&store));
+        let cache = engine::ArtifactCache::new(&artifacts, &runtime)
+            .with_shared(Arc::clone(&store), config.artifact_key.clone());
         Self {
             runtime,
             cache,

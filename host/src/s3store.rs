@@ -5,7 +5,7 @@
 //!
 //! ```text
 //! <prefix>/blobs/sha256/<hex>.wasm                uploaded bytes, immutable
-//! <prefix>/artifacts/<engine-hash>/<hex>.cwasm    compiled by a host; XXH3 in the object's metadata
+//! <prefix>/artifacts/<engine-hash>/<hex>.cwasm    compiled by a host; its HMAC-SHA256 in the object's metadata
 //! <prefix>/models/<name>/index.json               versions, digests, active pointer, history
 //! <prefix>/staging/<id>.wasm                      presigned uploads waiting to be finalised
 //! ```
@@ -19,11 +19,15 @@
 //! [`Store::write_index_if`]). So two Lambda instances that take uploads of
 //! one model at the same moment both get their version in.
 //!
-//! Anyone who can write this bucket prefix can put compiled code in front of
-//! every host that shares it (artifacts are native code): the prefix must be
-//! writable only by the hosts, as `infra` sets it up (the function's role).
-//! The artifact checksum guards against corruption and truncation, exactly
-//! like the local cache's sidecar.
+//! Artifacts are native code, and anyone who can write this bucket prefix
+//! could put an artifact in front of every host that shares it. So each
+//! carries a keyed MAC (`x-amz-meta-hmac-sha256`) made with the hosts'
+//! [`crate::engine::ArtifactKey`], which lives in their configuration (the
+//! Lambda function's environment), never in the bucket; a host verifies it
+//! before the artifact goes anywhere near wasmtime, and a host without the
+//! key does not use shared artifacts at all. The prefix should still be
+//! writable only by the hosts, as `infra` sets it up (the function's role):
+//! a writer without the key can make hosts recompile, not run its code.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -36,6 +40,9 @@ use crate::engine::sha256_hex;
 use crate::store::{
     IndexRead, ModelIndex, PresignedUpload, Staged, Store, check_digest, parse_index,
 };
+
+/// The user metadata that carries a shared artifact's MAC.
+const ARTIFACT_MAC: &str = "hmac-sha256";
 
 /// How long a presigned upload URL is valid.
 pub const PRESIGN_TTL: Duration = Duration::from_secs(15 * 60);
@@ -152,7 +159,7 @@ impl S3Store {
             let config = aws_sdk_s3::config::Builder::from(&sdk)
                 .force_path_style(path_style)
                 // Checksums only where S3 requires them: blobs are checked
-                // against their sha256 and artifacts against their XXH3 on
+                // against their sha256 and artifacts against their MAC on
                 // read anyway, and a presigned PUT must not carry a checksum
                 // of an empty body.
                 .request_checksum_calculation(
@@ -221,8 +228,8 @@ impl S3Store {
         Ok(())
     }
 
-    /// Reads `key`: `None` when it does not exist, else its bytes and
-    /// user metadata.
+    /// Reads `key`: `None` when it does not exist, else its bytes and its
+    /// artifact MAC (user metadata `hmac-sha256`), if it has one.
     fn get(&self, key: String) -> anyhow::Result<Option<(Vec<u8>, Option<String>)>> {
         let client = self.client.clone();
         let bucket = self.bucket.clone();
@@ -234,7 +241,7 @@ impl S3Store {
                     return Err(sdk_error(e, &format!("failed to read s3://{bucket}/{key}")));
                 }
             };
-            let checksum = out.metadata().and_then(|m| m.get("xxh3").cloned());
+            let checksum = out.metadata().and_then(|m| m.get(ARTIFACT_MAC).cloned());
             let bytes = out
                 .body
                 .collect()
@@ -462,8 +469,8 @@ impl Store for S3Store {
         check_digest(digest)?;
         let key = self.artifact_key(engine_hash, digest);
         Ok(match self.get(key)? {
-            Some((bytes, Some(checksum))) => Some((bytes, checksum)),
-            // An artifact without its checksum is not one this code wrote.
+            Some((bytes, Some(mac))) => Some((bytes, mac)),
+            // An artifact without a MAC is not one this code wrote.
             Some((_, None)) | None => None,
         })
     }
@@ -473,7 +480,7 @@ impl Store for S3Store {
         engine_hash: &str,
         digest: &str,
         bytes: &[u8],
-        checksum: &str,
+        mac: &str,
     ) -> anyhow::Result<()> {
         check_digest(digest)?;
         self.io.block_on(Self::put(
@@ -482,7 +489,7 @@ impl Store for S3Store {
             self.artifact_key(engine_hash, digest),
             bytes.to_vec(),
             "application/octet-stream",
-            Some(("xxh3", checksum.to_owned())),
+            Some((ARTIFACT_MAC, mac.to_owned())),
         ))
     }
 

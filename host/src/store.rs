@@ -328,7 +328,8 @@ pub trait Store: Send + Sync + std::fmt::Debug {
         false
     }
     /// The shared artifact of `digest` for engine `engine_hash` with its
-    /// recorded checksum, if there is one. Callers check the checksum.
+    /// recorded MAC, if there is one. Callers verify the MAC (see
+    /// [`crate::engine::ArtifactCache`]); the store only carries it.
     fn get_artifact(
         &self,
         _engine_hash: &str,
@@ -336,13 +337,13 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     ) -> anyhow::Result<Option<(Vec<u8>, String)>> {
         Ok(None)
     }
-    /// Shares a compiled artifact and its checksum.
+    /// Shares a compiled artifact and its MAC (hex).
     fn put_artifact(
         &self,
         _engine_hash: &str,
         _digest: &str,
         _bytes: &[u8],
-        _checksum: &str,
+        _mac: &str,
     ) -> anyhow::Result<()> {
         Ok(())
     }

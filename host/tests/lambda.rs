@@ -13,6 +13,8 @@ use serde_json::{Value, json};
 
 const BUCKET: &str = "airlock-lambda-test";
 const TOKEN: &str = "lambda-test-token";
+/// The functions' key for the MAC on shared artifacts (as `infra` sets one).
+const ARTIFACT_KEY: &str = "8f2d0c7e5b3a19464e0f7d2c8b6a5d4e3f2a1b0c9d8e7f60514233241506a7b8";
 
 /// A child process killed when dropped.
 struct Running(Child);
@@ -139,6 +141,7 @@ fn function(moto: &str, dir: &Path, name: &str) -> Function {
         .env("AIRLOCK_REFRESH_SECS", "1")
         .env("AIRLOCK_DATA_DIR", &data)
         .env("AIRLOCK_ADMIN_TOKEN", TOKEN)
+        .env("AIRLOCK_ARTIFACT_KEY", ARTIFACT_KEY)
         .stdin(Stdio::null())
         .stdout(std::fs::File::create(dir.join(format!("{name}.out"))).unwrap())
         .stderr(std::fs::File::create(&log).unwrap())
@@ -876,4 +879,166 @@ fn infer_in_process(host: &airlock::Host, request: &Value) -> Value {
             .to_bytes();
         serde_json::from_slice(&body).unwrap()
     })
+}
+
+/// Issue 15, item 9: compiled artifacts shared through S3 carry an
+/// HMAC-SHA256 under the hosts' key. A host with the key takes an untampered
+/// one; an artifact altered in the bucket (its old MAC kept, or the old
+/// unkeyed XXH3 checksum recomputed, or a MAC under another key) is refused
+/// and compiled again, and the good artifact is shared in its place; a host
+/// without a key neither fetches nor shares.
+#[test]
+fn shared_artifacts_are_trusted_only_with_a_valid_mac() {
+    use airlock::engine::{ArtifactCache, ArtifactKey, CacheOutcome, sha256_hex};
+    use wasmtime::component::Component;
+
+    let (_moto, moto_url) = moto();
+    let created = http().put(format!("{moto_url}/{BUCKET}")).send().unwrap();
+    assert!(created.status().is_success(), "{}", created.status());
+    let sdk = moto_sdk(&moto_url);
+    let store: std::sync::Arc<dyn airlock::store::Store> = std::sync::Arc::new(
+        airlock::s3store::S3Store::connect_with(&format!("s3://{BUCKET}/mac"), Some(sdk.clone()))
+            .unwrap(),
+    );
+    let runtime = airlock::Runtime::new(&airlock::EngineConfig::default()).unwrap();
+    let wasm = std::fs::read(airlock_artifacts::DIGITS).unwrap();
+    let digest = sha256_hex(&wasm);
+    // The bucket as its writer sees it, through the SDK.
+    let s3 = Bucket::new(
+        &sdk,
+        format!("mac/artifacts/{}/{digest}.cwasm", runtime.compat_hash()),
+    );
+    let key = ArtifactKey::from_hex(ARTIFACT_KEY).unwrap();
+    let dirs = tempfile::tempdir().unwrap();
+    let mut hosts = 0;
+    // A host with an empty local cache: what it made of the shared tier.
+    let mut load = |key: Option<&ArtifactKey>| {
+        hosts += 1;
+        let cache = ArtifactCache::new(&dirs.path().join(hosts.to_string()), &runtime)
+            .with_shared(store.clone(), key.cloned());
+        let (component, outcome) = cache
+            .load_or_compile::<Component>(&runtime, &digest, &wasm, &airlock::Limits::default())
+            .unwrap();
+        drop(component);
+        outcome
+    };
+
+    // Compiled once, shared with its MAC (and no unkeyed checksum).
+    assert_eq!(load(Some(&key)), CacheOutcome::Compiled);
+    let (good, metadata) = s3.get().expect("the artifact is shared");
+    let mac = metadata["hmac-sha256"].clone();
+    assert!(!metadata.contains_key("xxh3"), "{metadata:?}");
+    assert!(key.verify(runtime.compat_hash(), &digest, &good, &mac));
+    // Another host with the key takes it as it is.
+    assert_eq!(load(Some(&key)), CacheOutcome::Hit);
+
+    let mut tampered = good.clone();
+    let middle = tampered.len() / 2;
+    tampered[middle] ^= 0xff;
+    let xxh3 = format!("{:032x}", xxhash_rust::xxh3::xxh3_128(&tampered));
+    let other_key = ArtifactKey::from_hex(&"11".repeat(32)).unwrap();
+    // A MAC made the right way, but under a key that is not the hosts'.
+    let forged = other_key.sign(runtime.compat_hash(), &digest, &tampered);
+    for (name, value) in [
+        ("hmac-sha256", mac.as_str()),
+        ("xxh3", xxh3.as_str()),
+        ("hmac-sha256", forged.as_str()),
+    ] {
+        s3.put(&tampered, name, value);
+        assert_eq!(
+            load(Some(&key)),
+            CacheOutcome::Compiled,
+            "a tampered artifact ({name}) was trusted"
+        );
+        // The host put a good artifact back, which the next host takes.
+        let (restored, metadata) = s3.get().unwrap();
+        assert_ne!(restored, tampered, "{name}");
+        assert!(key.verify(
+            runtime.compat_hash(),
+            &digest,
+            &restored,
+            &metadata["hmac-sha256"]
+        ));
+        assert_eq!(load(Some(&key)), CacheOutcome::Hit);
+    }
+
+    // A host with another key trusts none of the hosts' artifacts.
+    assert_eq!(load(Some(&other_key)), CacheOutcome::Compiled);
+    // A host without a key neither fetches nor shares.
+    s3.delete();
+    assert_eq!(load(None), CacheOutcome::Compiled);
+    assert!(
+        s3.get().is_none(),
+        "a host without a key shared an artifact"
+    );
+    assert_eq!(load(Some(&key)), CacheOutcome::Compiled);
+    assert!(s3.get().is_some());
+    assert_eq!(load(None), CacheOutcome::Compiled, "not fetched either");
+}
+
+/// One object of the test bucket, read and written through the SDK.
+struct Bucket {
+    client: aws_sdk_s3::Client,
+    key: String,
+    rt: tokio::runtime::Runtime,
+}
+
+impl Bucket {
+    fn new(sdk: &aws_config::SdkConfig, key: String) -> Self {
+        let config = aws_sdk_s3::config::Builder::from(sdk)
+            .force_path_style(true)
+            .build();
+        Self {
+            client: aws_sdk_s3::Client::from_conf(config),
+            key,
+            rt: tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap(),
+        }
+    }
+
+    /// The object's bytes and user metadata, if it exists.
+    fn get(&self) -> Option<(Vec<u8>, std::collections::HashMap<String, String>)> {
+        self.rt.block_on(async {
+            let out = self
+                .client
+                .get_object()
+                .bucket(BUCKET)
+                .key(&self.key)
+                .send()
+                .await
+                .ok()?;
+            let metadata = out.metadata().cloned().unwrap_or_default();
+            let bytes = out.body.collect().await.unwrap().into_bytes().to_vec();
+            Some((bytes, metadata))
+        })
+    }
+
+    /// Replaces the object with `bytes` carrying the metadata `name: value`.
+    fn put(&self, bytes: &[u8], name: &str, value: &str) {
+        self.rt.block_on(async {
+            self.client
+                .put_object()
+                .bucket(BUCKET)
+                .key(&self.key)
+                .metadata(name, value)
+                .body(bytes.to_vec().into())
+                .send()
+                .await
+                .unwrap();
+        });
+    }
+
+    fn delete(&self) {
+        self.rt.block_on(async {
+            self.client
+                .delete_object()
+                .bucket(BUCKET)
+                .key(&self.key)
+                .send()
+                .await
+                .unwrap();
+        });
+    }
 }

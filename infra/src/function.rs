@@ -23,8 +23,48 @@ const SETTLE: Duration = Duration::from_secs(300);
 /// The one principal allowed to invoke the alias.
 const APIGATEWAY: &str = "apigateway.amazonaws.com";
 
-/// What the function should look like.
-#[derive(Debug, Clone)]
+/// The environment variable that holds the key of the MAC on compiled
+/// artifacts the function's instances share through the bucket (hex; see
+/// the host's `engine::ArtifactKey`). It lives in the function's
+/// configuration, never in the bucket: whoever can write the bucket cannot
+/// forge an artifact the instances would run.
+pub const ARTIFACT_KEY_ENV: &str = "AIRLOCK_ARTIFACT_KEY";
+
+/// The artifact key of the function: the one its `$LATEST` configuration
+/// already has (every instance and every published version must agree on
+/// it, and a new key would only cost a recompile), or a fresh random one
+/// (32 bytes, hex) for a new function or one deployed before keys existed.
+pub(crate) async fn artifact_key(aws: &Aws, names: &Names) -> anyhow::Result<String> {
+    let existing = get(aws, names, None).await?.and_then(|f| {
+        f.configuration()
+            .and_then(|c| c.environment())
+            .and_then(|e| e.variables())
+            .and_then(|vars| vars.get(ARTIFACT_KEY_ENV).cloned())
+    });
+    match existing {
+        Some(key) if is_artifact_key(&key) => Ok(key),
+        _ => random_key(),
+    }
+}
+
+/// Whether `key` is what [`random_key`] makes: 64 lowercase hex digits.
+fn is_artifact_key(key: &str) -> bool {
+    key.len() == 64 && key.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+}
+
+/// 32 random bytes from the operating system, as hex.
+fn random_key() -> anyhow::Result<String> {
+    use std::io::Read as _;
+    let mut bytes = [0u8; 32];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut bytes))
+        .context("failed to read random bytes for the artifact key")?;
+    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
+}
+
+/// What the function should look like. (Not `Debug`: its environment
+/// holds the artifact key.)
+#[derive(Clone)]
 pub(crate) struct Spec<'a> {
     /// The zip; `None` only in a dry run without one (code is then not compared).
     pub(crate) package: Option<&'a CodePackage>,

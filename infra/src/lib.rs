@@ -46,7 +46,7 @@ pub use api::{ACCESS_LOG_FORMAT, ADMIN_ROUTES, PUBLIC_ROUTES};
 pub use aws::{Aws, Connect};
 pub use bucket::{ModelStatus, lifecycle_rules, same_rule};
 pub use domain::{ActiveDomain, DomainPlan, DomainSpec};
-pub use function::statement_source_arn;
+pub use function::{ARTIFACT_KEY_ENV, statement_source_arn};
 pub use logs::RETENTION_DAYS;
 pub use names::{ALIAS, MANAGED_BY, MANAGED_BY_TAG, Names, STACK_TAG, STAGE, STORE_PREFIX};
 pub use package::{AL2023_GLIBC, CodePackage, DEFAULT_ZIP, Packaged, package};
@@ -321,13 +321,18 @@ pub async fn deploy(aws: &Aws, options: &DeployOptions) -> anyhow::Result<Deploy
         run.record("log-group", group, change)?;
     }
 
+    let mut environment = options.environment(&names);
+    let artifact_key = function::artifact_key(aws, &names)
+        .await
+        .with_context(|| step_failed("function", &names.function))?;
+    environment.insert(function::ARTIFACT_KEY_ENV.to_owned(), artifact_key);
     let spec = function::Spec {
         package: package.as_ref(),
         role_arn,
         memory_mb: options.memory_mb,
         timeout_secs: options.timeout_secs,
         architecture: options.arch.lambda(),
-        environment: options.environment(&names),
+        environment,
         log_group: names.function_log_group.clone(),
     };
     let change = function::ensure(aws, &names, &spec, dry_run)

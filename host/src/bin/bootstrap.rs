@@ -79,6 +79,7 @@ async fn run(config: Config, started: Instant) -> anyhow::Result<()> {
     host_config.limits.deadline = Duration::from_millis(config.deadline_ms);
     host_config.max_upload_bytes = config.max_upload_bytes;
     host_config.engine.max_instances = config.max_instances;
+    host_config.artifact_key = airlock::engine::ArtifactKey::from_env()?;
     host_config.compiler =
         airlock::compile::Compiler::current_exe(airlock::compile::CompileBudget {
             time: Duration::from_secs(config.compile_timeout_secs),

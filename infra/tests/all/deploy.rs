@@ -95,6 +95,7 @@ async fn deploy_from_nothing_creates_the_whole_stack_and_a_second_run_is_a_no_op
     check_api(&aws, &api_id).await;
 
     // Again: nothing to do, and nothing done.
+    let key = artifact_key(&aws, None).await;
     let before = snapshot(&aws, &api_id).await;
     let second = deploy(&aws, &options(&zip)).await.unwrap();
     assert!(
@@ -112,6 +113,12 @@ async fn deploy_from_nothing_creates_the_whole_stack_and_a_second_run_is_a_no_op
     assert_eq!(second.api_id.as_deref(), Some(api_id.as_str()));
     assert_eq!(second.live_version.as_deref(), Some("1"));
     assert_same(&before, &snapshot(&aws, &api_id).await, "the second deploy");
+    assert_eq!(
+        artifact_key(&aws, None).await,
+        key,
+        "a redeploy keeps the artifact key"
+    );
+    assert_eq!(artifact_key(&aws, Some("live")).await, key);
 
     // A dry run of a converged stack plans nothing either.
     let dry = deploy(
@@ -342,7 +349,10 @@ async fn check_function(aws: &Aws, zip: &std::path::Path) {
     let env = cfg.environment().unwrap().variables().unwrap();
     assert_eq!(env["AIRLOCK_STORE"], format!("s3://{BUCKET}/models"));
     assert_eq!(env["AIRLOCK_REFRESH_SECS"], "5");
-    assert_eq!(env.len(), 2);
+    let key = &env[airlock_infra::ARTIFACT_KEY_ENV];
+    assert_eq!(key.len(), 64, "32 random bytes, hex");
+    assert!(key.bytes().all(|b| b.is_ascii_hexdigit()), "{}", key.len());
+    assert_eq!(env.len(), 3);
     assert_eq!(function.tags().unwrap()["airlock:stack"], "airlock");
 
     let alias = aws
@@ -564,6 +574,27 @@ async fn a_new_zip_updates_only_the_function_code_and_the_alias() {
         "{:?}",
         kinds_changed(&again.report)
     );
+    // Code and configuration updates keep the artifact key, in `$LATEST`
+    // and in every published version.
+    let key = artifact_key(&aws, Some("1")).await;
+    for qualifier in [None, Some("2"), Some("3"), Some("live")] {
+        assert_eq!(artifact_key(&aws, qualifier).await, key, "{qualifier:?}");
+    }
+}
+
+/// The artifact key in the environment of the function (`$LATEST`, or
+/// the version or alias `qualifier`).
+async fn artifact_key(aws: &Aws, qualifier: Option<&str>) -> String {
+    let function = aws
+        .lambda
+        .get_function()
+        .function_name("airlock")
+        .set_qualifier(qualifier.map(str::to_owned))
+        .send()
+        .await
+        .unwrap();
+    let env = function.configuration().unwrap().environment().unwrap();
+    env.variables().unwrap()[airlock_infra::ARTIFACT_KEY_ENV].clone()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -60,9 +60,15 @@ pub struct ServerLimits {
     /// unsent request is retried on a fresh connection). The idle clock
     /// starts when a response is handed to hyper: our responses are fully
     /// buffered, so this also bounds how long a client may take to read one.
+    ///
+    /// For HTTP/1.1 hyper starts `header_timeout` as soon as a keep-alive
+    /// connection waits for its next request, so an idle HTTP/1.1
+    /// connection is closed after the shorter of the two (10 s with the
+    /// defaults, measured); this one is what bounds idle HTTP/2.
     pub idle_timeout: Duration,
-    /// Request headers must arrive within this (HTTP/1.1, after the first
-    /// request; the first is bounded by `first_request_timeout`).
+    /// Request headers must arrive within this (HTTP/1.1, timed by hyper
+    /// from when the connection waits for the next request; the first is
+    /// also bounded by `first_request_timeout`).
     pub header_timeout: Duration,
     /// A request body must have arrived in full within this, counted from
     /// when the request reached the router (not per chunk). 60 s lets a

@@ -139,6 +139,9 @@ async fn silent_connections_after_the_handshake_are_closed_and_free_their_slots(
     drop(second);
 }
 
+/// What is sent after the handshake, and the ALPN protocols offered.
+type Opening = (&'static str, Vec<u8>, &'static [&'static [u8]]);
+
 #[tokio::test]
 async fn partial_protocol_openings_are_closed_at_the_first_request_deadline() {
     let deadline = Duration::from_secs(2);
@@ -149,8 +152,7 @@ async fn partial_protocol_openings_are_closed_at_the_first_request_deadline() {
     });
     let mut preface_and_settings = H2_PREFACE.to_vec();
     preface_and_settings.extend_from_slice(H2_SETTINGS);
-    // (what is sent after the handshake, the ALPN offered)
-    let openings: [(&str, Vec<u8>, &[&[u8]]); 5] = [
+    let openings: [Opening; 5] = [
         ("10 bytes of the h2 preface", H2_PREFACE[..10].to_vec(), &[]),
         (
             "10 bytes of the h2 preface after ALPN h2",

@@ -514,8 +514,7 @@ pub struct ParsedInfer {
     pub encoding: OutputEncoding,
 }
 
-/// A serde_json error as a caller sees it: without the position serde_json
-/// appends when it does not help, and cut (it may quote the input).
+/// A serde_json error as a caller sees it: cut, as it may quote the input.
 fn json_error(error: &serde_json::Error) -> String {
     cut_message(&error.to_string(), MAX_MESSAGE_BYTES / 2).into_owned()
 }
@@ -535,12 +534,13 @@ fn json_error(error: &serde_json::Error) -> String {
 /// What is charged: the JSON text outside `data` arrays (a bound on the
 /// strings the request keeps: its id, names and parameters), then before
 /// each input's vector is allocated its exact size (`elements ×` the
-/// element's size), and for BYTES each non-empty element's bytes plus
-/// [`ALLOC_OVERHEAD`] as it is copied. The rest of the structural parse is
-/// bounded, not charged: at most as many inputs and outputs as the model
-/// declares, [`MAX_RANK`] dimensions and [`MAX_PARAMETERS`] parameters
-/// each (a few KiB per input). The charge stays held (it is what the
-/// request holds) until `reservation` is dropped or shrunk.
+/// element's size), and for BYTES each non-empty element's bytes plus a
+/// heap block's overhead (32 bytes) as it is copied. The rest of the
+/// structural parse is bounded, not charged: at most as many inputs and
+/// outputs as the model declares, [`MAX_RANK`] dimensions and
+/// [`MAX_PARAMETERS`] parameters each (a few KiB per input). The charge
+/// stays held (it is what the request holds) until `reservation` is
+/// dropped or shrunk.
 ///
 /// [`ParseError::Exhausted`] when the budget cannot cover the request now;
 /// [`ParseError::Bad`] for everything the caller got wrong.

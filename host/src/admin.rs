@@ -36,7 +36,6 @@ use axum::{Json, Router};
 use bytes::Bytes;
 use serde::Deserialize;
 use serde_json::json;
-use sha2::{Digest as _, Sha256};
 
 use crate::Upload;
 use crate::api::{ApiError, AppState, run_blocking};
@@ -94,34 +93,17 @@ impl FromRequestParts<AppState> for Admin {
                 "the repository API is disabled: no admin token is configured".into(),
             ));
         };
-        let Some(value) = parts.headers.get(header::AUTHORIZATION) else {
+        let Some(presented) = crate::auth::bearer_token(&parts.headers) else {
             return Err(ApiError::Unauthorized(
                 "the repository API needs `Authorization: Bearer <token>`".into(),
             ));
         };
-        let presented = value
-            .to_str()
-            .ok()
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .ok_or_else(|| ApiError::Unauthorized("expected a Bearer token".into()))?;
-        if tokens_match(presented.trim(), expected) {
+        if crate::auth::secrets_match(presented.as_bytes(), expected.as_bytes()) {
             Ok(Admin)
         } else {
             Err(ApiError::Forbidden("wrong admin token".into()))
         }
     }
-}
-
-/// Compares two tokens in time that depends on neither: both are hashed to
-/// fixed-length digests, which are compared without an early exit.
-fn tokens_match(presented: &str, expected: &str) -> bool {
-    let a = Sha256::digest(presented.as_bytes());
-    let b = Sha256::digest(expected.as_bytes());
-    let diff = a
-        .iter()
-        .zip(b.iter())
-        .fold(0u8, |acc, (x, y)| acc | (x ^ y));
-    std::hint::black_box(diff) == 0
 }
 
 async fn index(
@@ -465,17 +447,4 @@ async fn unload(
     let reply = json!({ "name": name, "loaded": false });
     on_host(&state, move |host| host.unload(&name)).await?;
     Ok(Json(reply))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::tokens_match;
-
-    #[test]
-    fn token_comparison() {
-        assert!(tokens_match("secret", "secret"));
-        assert!(!tokens_match("secret", "secreT"));
-        assert!(!tokens_match("", "secret"));
-        assert!(!tokens_match("secret-and-more", "secret"));
-    }
 }

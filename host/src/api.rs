@@ -14,6 +14,7 @@
 
 use std::sync::Arc;
 
+use axum::body::Body;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{DefaultBodyLimit, Path, State};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
@@ -21,9 +22,11 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use bytes::Bytes;
+use http_body_util::BodyExt as _;
 use serde_json::json;
 
 use crate::bindings::{GuestError, InferResponse, TensorSpec};
+use crate::budget::{Exhausted, MemoryBudget, Reservation};
 use crate::engine::GuestFailure;
 use crate::guard::{ChainStop, Chains, GuardError};
 use crate::model::LoadedModel;
@@ -122,6 +125,10 @@ pub enum ApiError {
         /// Its `max_concurrency`.
         limit: u32,
     },
+    /// 503: the server holds as much request data as its memory budget
+    /// allows; retry later.
+    #[error(transparent)]
+    Overloaded(#[from] Exhausted),
     /// 500: a bug or an I/O error on our side (the detail is logged).
     #[error("internal error")]
     Internal(#[source] anyhow::Error),
@@ -183,7 +190,7 @@ impl ApiError {
             ApiError::ModelFailed { .. } | ApiError::Internal(_) => {
                 StatusCode::INTERNAL_SERVER_ERROR
             }
-            ApiError::Busy { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Busy { .. } | ApiError::Overloaded(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Sandbox { failure, .. } => failure_status(failure),
             ApiError::Guard(stop) => match stop {
                 ChainStop::Denied { .. } => StatusCode::FORBIDDEN,
@@ -201,6 +208,7 @@ impl ApiError {
         match self {
             ApiError::ModelFailed { .. } => Some("model-error"),
             ApiError::Busy { .. } => Some("busy"),
+            ApiError::Overloaded(_) => Some("overloaded"),
             ApiError::Guard(ChainStop::Denied { .. }) => Some("denied"),
             ApiError::Guard(_) => Some("guard"),
             ApiError::Sandbox { failure, .. } => Some(match failure {
@@ -493,7 +501,7 @@ async fn infer(
     State(state): State<AppState>,
     Path(name): Path<String>,
     headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
+    body: Body,
 ) -> Result<Response, ApiError> {
     let model = lookup(&state, &name, None)?;
     observed(&state, model, &headers, body).await
@@ -503,7 +511,7 @@ async fn infer_version(
     State(state): State<AppState>,
     Path((name, version)): Path<(String, String)>,
     headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
+    body: Body,
 ) -> Result<Response, ApiError> {
     let model = lookup(&state, &name, Some(&version))?;
     observed(&state, model, &headers, body).await
@@ -514,7 +522,7 @@ async fn observed(
     state: &AppState,
     model: Arc<LoadedModel>,
     headers: &HeaderMap,
-    body: Result<Bytes, BytesRejection>,
+    body: Body,
 ) -> Result<Response, ApiError> {
     let started = std::time::Instant::now();
     let result = run_infer(state, Arc::clone(&model), headers, body).await;
@@ -560,12 +568,13 @@ fn authorize(model: &LoadedModel, headers: &HeaderMap) -> Result<(), ApiError> {
     if allowed.is_empty() {
         return Ok(());
     }
-    let presented = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .or_else(|| headers.get("x-api-key").and_then(|v| v.to_str().ok()))
-        .map(str::trim);
+    let presented = crate::auth::bearer_token(headers).or_else(|| {
+        headers
+            .get("x-api-key")
+            .and_then(|v| v.to_str().ok())
+            .map(str::trim)
+            .filter(|key| !key.is_empty())
+    });
     let Some(presented) = presented else {
         return Err(ApiError::Unauthorized(format!(
             "model {:?} needs an API key: `Authorization: Bearer <key>`",
@@ -575,13 +584,7 @@ fn authorize(model: &LoadedModel, headers: &HeaderMap) -> Result<(), ApiError> {
     let hashed = crate::manifest::hash_key(presented);
     let mut matched = false;
     for key in allowed {
-        let diff = key
-            .bytes()
-            .zip(hashed.bytes())
-            .fold((key.len() ^ hashed.len()) as u8, |acc, (a, b)| {
-                acc | (a ^ b)
-            });
-        matched |= std::hint::black_box(diff) == 0;
+        matched |= crate::auth::digests_match(key.as_bytes(), hashed.as_bytes());
     }
     if matched {
         Ok(())
@@ -597,18 +600,20 @@ async fn run_infer(
     state: &AppState,
     model: Arc<LoadedModel>,
     headers: &HeaderMap,
-    body: Result<Bytes, BytesRejection>,
+    body: Body,
 ) -> Result<Response, ApiError> {
+    // The caller is checked before a byte of the body is read or buffered.
     authorize(&model, headers)?;
-    let body = body?;
     let policy = model.policy();
-    if body.len() > policy.max_request_bytes {
-        return Err(ApiError::PayloadTooLarge(format!(
-            "the request body is over model {:?}'s limit of {} bytes",
-            model.name(),
-            policy.max_request_bytes
-        )));
-    }
+    let limit = policy.max_request_bytes.min(state.max_body_bytes);
+    let (body, reservation) = read_body(
+        body,
+        headers,
+        limit,
+        model.name(),
+        state.host.request_budget(),
+    )
+    .await?;
     let Some(admission) = model.try_admit() else {
         return Err(ApiError::Busy {
             model: model.name().to_owned(),
@@ -620,52 +625,50 @@ async fn run_infer(
         ..state.host.config().request_limits
     };
     let json_len = inference_header_length(headers)?;
-    // lead wires the real budget (the request's reservation, and
-    // ParseError::Exhausted as a 503).
-    let mut reservation = crate::budget::MemoryBudget::new(usize::MAX).reservation();
-    let oip::ParsedInfer { request, encoding } =
-        oip::parse_infer(&body, json_len, model.metadata(), &limits, &mut reservation).map_err(
-            |e| match e {
-                oip::ParseError::Bad(e) => ApiError::from(e),
-                oip::ParseError::Exhausted(e) => ApiError::BadRequest(e.to_string()),
-            },
-        )?;
-    drop(body);
-    let (request, response) = {
-        let model = Arc::clone(&model);
-        let guards = Arc::clone(state.host.guards());
-        let decisions = Arc::clone(state.host.decisions());
-        let work = move || {
-            let chains = Chains::new(&guards, &decisions, &model);
-            let request = chains.check_request(request)?;
-            let response = model_response(&model, model.infer(&request))?;
-            let response = chains.check_response(&request, response)?;
-            drop(admission);
-            Ok::<_, ApiError>((request, response))
+    let guards = Arc::clone(state.host.guards());
+    let decisions = Arc::clone(state.host.decisions());
+    // Everything CPU-bound (parsing, guards, the model, the answer's checks
+    // and serialisation) runs off the async workers, holding the request's
+    // memory reservation until the answer is bytes.
+    let work = move || {
+        let mut reservation = reservation;
+        let oip::ParsedInfer { request, encoding } =
+            oip::parse_infer(&body, json_len, model.metadata(), &limits, &mut reservation)
+                .map_err(|e| match e {
+                    oip::ParseError::Bad(e) => ApiError::from(e),
+                    oip::ParseError::Exhausted(e) => ApiError::Overloaded(e),
+                })?;
+        let body_len = body.len();
+        drop(body);
+        reservation.shrink(body_len);
+        let chains = Chains::new(&guards, &decisions, &model);
+        let request = chains.check_request(request)?;
+        let response = model_response(&model, model.infer(&request))?;
+        let response = chains.check_response(&request, response)?;
+        drop(admission);
+        let outputs = oip::check_response(response, model.metadata(), &request.outputs, &limits)
+            .map_err(|error| match error {
+                ResponseError::TooLarge(_) => ApiError::Sandbox {
+                    model: model.name().to_owned(),
+                    failure: GuestFailure::OutputTooLarge(error.to_string()),
+                },
+                _ => ApiError::ModelFailed {
+                    model: model.name().to_owned(),
+                    detail: error.to_string(),
+                },
+            })?;
+        let parameters = [("sha256", model.digest())];
+        let body = InferResponseBody {
+            model_name: model.name(),
+            model_version: model.version(),
+            id: request.id.as_deref(),
+            parameters: &parameters,
+            outputs: &outputs,
+            encoding: &encoding,
         };
-        run_blocking(work).await??
+        body.to_bytes().map_err(|e| ApiError::Internal(e.into()))
     };
-    let outputs = oip::check_response(response, model.metadata(), &request.outputs, &limits)
-        .map_err(|error| match error {
-            ResponseError::TooLarge(_) => ApiError::Sandbox {
-                model: model.name().to_owned(),
-                failure: GuestFailure::OutputTooLarge(error.to_string()),
-            },
-            _ => ApiError::ModelFailed {
-                model: model.name().to_owned(),
-                detail: error.to_string(),
-            },
-        })?;
-    let parameters = [("sha256", model.digest())];
-    let body = InferResponseBody {
-        model_name: model.name(),
-        model_version: model.version(),
-        id: request.id.as_deref(),
-        parameters: &parameters,
-        outputs: &outputs,
-        encoding: &encoding,
-    };
-    let (bytes, json_len) = body.to_bytes().map_err(|e| ApiError::Internal(e.into()))?;
+    let (bytes, json_len) = run_blocking(work).await??;
     let Some(json_len) = json_len else {
         return Ok((
             [(
@@ -690,6 +693,94 @@ async fn run_infer(
         bytes,
     )
         .into_response())
+}
+
+/// Bodies up to this size draw on the whole memory budget; larger ones
+/// only on its first three quarters ([`Reservation::try_grow_bulky`]), so
+/// that a flood of large bodies cannot shut out ordinary small requests.
+const SMALL_BODY: usize = 64 << 10;
+
+/// Reads a request body of at most `limit` bytes, drawing on `budget`
+/// before anything is kept: the whole declared `Content-Length` up front
+/// (so an over-budget request is refused before it is read), or chunk by
+/// chunk when the length is not declared. A body that cannot be covered is
+/// refused with 503 and `Retry-After`, and what it held is released.
+async fn read_body(
+    body: Body,
+    headers: &HeaderMap,
+    limit: usize,
+    model: &str,
+    budget: &MemoryBudget,
+) -> Result<(Bytes, Reservation), ApiError> {
+    let too_large = || {
+        ApiError::PayloadTooLarge(format!(
+            "the request body is over model {model:?}'s limit of {limit} bytes"
+        ))
+    };
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    let mut reservation = budget.reservation();
+    if let Some(declared) = declared {
+        let declared = usize::try_from(declared)
+            .ok()
+            .filter(|&d| d <= limit)
+            .ok_or_else(too_large)?;
+        grow(&mut reservation, declared)?;
+    }
+    let mut body = body;
+    let mut chunks: Vec<Bytes> = Vec::new();
+    let mut total = 0usize;
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(body_error)?;
+        let Ok(data) = frame.into_data() else {
+            continue; // trailers
+        };
+        total = total.saturating_add(data.len());
+        if total > limit {
+            return Err(too_large());
+        }
+        let short = total.saturating_sub(reservation.held());
+        grow(&mut reservation, short)?;
+        chunks.push(data);
+    }
+    let bytes = match chunks.len() {
+        0 => Bytes::new(),
+        1 => chunks.pop().expect("one chunk"),
+        _ => {
+            // The copy is held beside the chunks until they are dropped.
+            grow(&mut reservation, total)?;
+            let mut joined = bytes::BytesMut::with_capacity(total);
+            for chunk in chunks.drain(..) {
+                joined.extend_from_slice(&chunk);
+            }
+            reservation.shrink(total);
+            joined.freeze()
+        }
+    };
+    // A declared length larger than what came gives the rest back.
+    reservation.shrink(reservation.held().saturating_sub(bytes.len()));
+    Ok((bytes, reservation))
+}
+
+/// Grows a body's reservation by `bytes`, as a bulky step once the body
+/// is past [`SMALL_BODY`].
+fn grow(reservation: &mut Reservation, bytes: usize) -> Result<(), Exhausted> {
+    if reservation.held().saturating_add(bytes) > SMALL_BODY {
+        reservation.try_grow_bulky(bytes)
+    } else {
+        reservation.try_grow(bytes)
+    }
+}
+
+/// A failed body read: 408 when the server's body deadline cut it, else
+/// the client broke it off or sent bad framing.
+fn body_error(error: axum::Error) -> ApiError {
+    if let Some(timeout) = crate::server::find_body_timeout(&error) {
+        return ApiError::RequestTimeout(timeout.to_string());
+    }
+    ApiError::BadRequest(format!("could not read the request body: {error}"))
 }
 
 /// The binary tensor data extension's header: how many bytes of the body

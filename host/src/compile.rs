@@ -389,6 +389,7 @@ fn worker_main(args: &[String]) -> Result<(), WorkerFailure> {
         max_memory_bytes: max_memory_bytes.parse().map_err(|_| usage())?,
         max_instances: max_instances.parse().map_err(|_| usage())?,
         max_wasm_stack: max_wasm_stack.parse().map_err(|_| usage())?,
+        ..EngineConfig::default()
     };
     let init_memory_bytes = init_memory_bytes.parse().map_err(|_| usage())?;
     let engine = Engine::new(&crate::engine::wasm_config(&config))

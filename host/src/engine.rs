@@ -19,6 +19,7 @@ use wasmtime_wasi::p1::WasiP1Ctx;
 use wasmtime_wasi::p2::{DynPollable, Pollable, subscribe};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
+use crate::budget::{MemoryBudget, Reservation};
 use crate::compile::{ArtifactKind, CompileError, Compiler};
 
 /// How often the epoch ticker advances the engine's epoch. Deadlines are
@@ -35,6 +36,13 @@ pub struct EngineConfig {
     pub max_instances: u32,
     /// Wasm stack limit per call, in bytes.
     pub max_wasm_stack: usize,
+    /// Linear memory all live guests may hold together, in bytes. Each
+    /// store's memory grows against it as well as against its own cap, so
+    /// the pool's slots times the per-model caps (which can far exceed the
+    /// machine) never turn into more memory than this: a growth past it
+    /// fails the request that asked (503, `capacity`), not the process.
+    /// Defaults to half the memory of the machine (or Lambda function).
+    pub guest_memory_bytes: usize,
 }
 
 impl Default for EngineConfig {
@@ -43,6 +51,7 @@ impl Default for EngineConfig {
             max_memory_bytes: 1 << 30,
             max_instances: 256,
             max_wasm_stack: 512 << 10,
+            guest_memory_bytes: crate::budget::machine_memory_bytes() / 2,
         }
     }
 }
@@ -104,6 +113,12 @@ pub enum GuestFailure {
     Other(anyhow::Error),
 }
 
+/// Marker error returned by the limiter when the memory all guests hold
+/// together would pass [`EngineConfig::guest_memory_bytes`].
+#[derive(Debug, thiserror::Error)]
+#[error("the guests' shared memory budget of {0} bytes is exhausted")]
+struct GuestMemoryExhausted(usize);
+
 /// Marker error returned by the limiter when the memory cap is hit, so that
 /// the failure can be told apart from other traps.
 #[derive(Debug, thiserror::Error)]
@@ -138,10 +153,22 @@ pub struct CommandState {
     caps: Caps,
 }
 
-/// The memory and table caps of one store, and the most memory it had.
+/// The memory and table caps of one store, the most memory it had, and
+/// its share of the guests' memory budget (released when the store drops).
 struct Caps {
     limits: Limits,
     peak_memory: usize,
+    shared: Reservation,
+}
+
+impl Caps {
+    fn new(limits: Limits, budget: &MemoryBudget) -> Self {
+        Self {
+            limits,
+            peak_memory: 0,
+            shared: budget.reservation(),
+        }
+    }
 }
 
 impl SandboxState {
@@ -173,6 +200,16 @@ impl wasmtime::ResourceLimiter for Caps {
                 cap: self.limits.memory_bytes,
                 desired,
             }));
+        }
+        if self
+            .shared
+            .try_grow(desired.saturating_sub(current))
+            .is_err()
+        {
+            self.peak_memory = self.peak_memory.max(current);
+            return Err(wasmtime::Error::new(GuestMemoryExhausted(
+                self.shared.budget_capacity(),
+            )));
         }
         self.peak_memory = self.peak_memory.max(desired);
         Ok(true)
@@ -305,6 +342,8 @@ pub struct Runtime {
     compat_hash: Arc<str>,
     config: EngineConfig,
     compiler: Compiler,
+    /// What every store's linear memory grows against.
+    guest_memory: MemoryBudget,
 }
 
 impl Runtime {
@@ -364,6 +403,7 @@ impl Runtime {
             compat_hash: compat_hash.into(),
             config: config.clone(),
             compiler,
+            guest_memory: MemoryBudget::new(config.guest_memory_bytes),
         })
     }
 
@@ -410,10 +450,7 @@ impl Runtime {
         let state = SandboxState {
             wasi: None,
             table,
-            caps: Caps {
-                limits,
-                peak_memory: 0,
-            },
+            caps: Caps::new(limits, &self.guest_memory),
         };
         let mut store = Store::new(&self.engine, state);
         store.limiter(|state| &mut state.caps);
@@ -442,10 +479,7 @@ impl Runtime {
             .build_p1();
         let state = CommandState {
             wasi,
-            caps: Caps {
-                limits,
-                peak_memory: 0,
-            },
+            caps: Caps::new(limits, &self.guest_memory),
         };
         let mut store = Store::new(&self.engine, state);
         store.limiter(|state| &mut state.caps);
@@ -524,6 +558,9 @@ pub fn classify(error: wasmtime::Error, limits: &Limits) -> GuestFailure {
                 "more than {} bytes copied out of the sandbox in one call",
                 limits.output_bytes
             ));
+        }
+        if cause.downcast_ref::<GuestMemoryExhausted>().is_some() {
+            return GuestFailure::Capacity(cause.to_string());
         }
         if cause.downcast_ref::<MemoryCapExceeded>().is_some() {
             return GuestFailure::MemoryCap(limits.memory_bytes);

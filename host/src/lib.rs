@@ -18,7 +18,9 @@
 
 pub mod admin;
 pub mod api;
+pub mod auth;
 pub mod bindings;
+pub mod budget;
 pub mod client;
 pub mod compile;
 pub mod decisions;
@@ -71,6 +73,11 @@ pub struct HostConfig {
     pub request_limits: oip::RequestLimits,
     /// Largest request body, in bytes.
     pub max_body_bytes: usize,
+    /// Request data all inference requests may hold together, in bytes:
+    /// bodies as they are read and the tensors parsed from them (see
+    /// [`budget`]). Defaults to a quarter of the machine's (or Lambda
+    /// function's) memory; guests get half ([`EngineConfig::guest_memory_bytes`]).
+    pub request_memory_bytes: usize,
     /// Largest model upload, in bytes.
     pub max_upload_bytes: usize,
     /// Bearer token of the repository (admin) API; the API refuses every
@@ -101,6 +108,7 @@ impl HostConfig {
             limits: Limits::default(),
             request_limits: oip::RequestLimits::default(),
             max_body_bytes: 16 << 20,
+            request_memory_bytes: budget::machine_memory_bytes() / 4,
             max_upload_bytes: 64 << 20,
             admin_token: None,
             trusted_keys: signing::TrustedKeys::default(),
@@ -108,6 +116,19 @@ impl HostConfig {
             compiler: compile::Compiler::InProcess,
             artifact_key: None,
         }
+    }
+}
+
+impl HostConfig {
+    /// Refuses settings a host must not start with, whichever binary or
+    /// test builds them: an admin token that is empty (or set but blank, as
+    /// `AIRLOCK_ADMIN_TOKEN=` gives) would otherwise be matched by an empty
+    /// `Bearer` credential.
+    pub fn check(&self) -> anyhow::Result<()> {
+        if let Some(token) = &self.admin_token {
+            auth::check_token(token).context("refusing to start")?;
+        }
+        Ok(())
     }
 }
 
@@ -148,6 +169,8 @@ pub struct Host {
     guards: Arc<Registry<LoadedGuard>>,
     decisions: Arc<decisions::DecisionLog>,
     store: Arc<dyn store::Store>,
+    /// What inference requests' bodies and tensors draw on.
+    request_budget: budget::MemoryBudget,
     config: HostConfig,
     /// Serialises repository writes (uploads, activations, …).
     write_lock: Arc<std::sync::Mutex<()>>,
@@ -164,6 +187,7 @@ impl Host {
 
     /// [`Host::new`] over this store (`config.store_url` is not looked at).
     pub fn with_store(config: HostConfig, store: Arc<dyn store::Store>) -> anyhow::Result<Self> {
+        config.check()?;
         let runtime = Runtime::with_compiler(&config.engine, config.compiler.clone())
             .context("failed to create the wasm engine")?;
         Ok(Self::assemble(config, store, runtime))
@@ -175,6 +199,7 @@ impl Host {
     /// trips (to S3 on Lambda), so the start waits for the longer of the
     /// two rather than their sum.
     pub fn open(config: HostConfig) -> anyhow::Result<(Self, Opened)> {
+        config.check()?;
         let started = Instant::now();
         let (runtime, opened_store) = std::thread::scope(|scope| {
             let engine = scope.spawn(|| {
@@ -221,6 +246,7 @@ impl Host {
             guards: Arc::new(Registry::new()),
             decisions: Arc::default(),
             store,
+            request_budget: budget::MemoryBudget::new(config.request_memory_bytes),
             config,
             write_lock: Arc::default(),
             seen: Arc::default(),
@@ -235,6 +261,11 @@ impl Host {
     /// The configuration.
     pub fn config(&self) -> &HostConfig {
         &self.config
+    }
+
+    /// The memory budget of inference requests (see [`budget`]).
+    pub fn request_budget(&self) -> &budget::MemoryBudget {
+        &self.request_budget
     }
 
     /// The served models.

@@ -13,7 +13,7 @@ struct Running {
     generated: bool,
 }
 
-const TOKEN: &str = "cli-test-token";
+const TOKEN: &str = "cli-test-token-0";
 
 fn start(data_dir: &std::path::Path) -> Running {
     let mut child = Command::new(env!("CARGO_BIN_EXE_airlock"))
@@ -320,4 +320,47 @@ fn keygen_and_sign_produce_a_signature_the_server_side_accepts() {
         .output()
         .unwrap();
     assert!(!again.status.success());
+}
+
+/// An empty admin token, by flag or by environment, stops `serve` before it
+/// listens: over HTTP/2 an empty token matched `Authorization: Bearer `.
+#[test]
+fn an_empty_admin_token_is_refused_at_start() {
+    let data = tempfile::tempdir().unwrap();
+    let serve = |flag: bool| {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_airlock"));
+        command
+            .args(["serve", "--addr", "127.0.0.1:0", "--no-examples"])
+            .arg("--data-dir")
+            .arg(data.path())
+            .env_remove("AIRLOCK_ADMIN_TOKEN");
+        if flag {
+            command.args(["--admin-token", ""]);
+        } else {
+            command.env("AIRLOCK_ADMIN_TOKEN", "");
+        }
+        // Bounded: a serve that wrongly starts is killed, and fails below.
+        let mut child = command
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while child.try_wait().unwrap().is_none() && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = child.kill();
+        child.wait_with_output().unwrap()
+    };
+    for flag in [true, false] {
+        let out = serve(flag);
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "flag={flag}: {stdout}{stderr}");
+        assert!(
+            stderr.contains("admin token"),
+            "flag={flag}: the error names the token: {stderr}"
+        );
+        assert!(!stdout.contains("listening"), "flag={flag}: {stdout}");
+    }
 }

@@ -134,7 +134,7 @@ async fn recorded_upload_events_use_the_gateway_iam_authorisation() {
 
     // With a token configured, a caller without one is asked for it, and a
     // signature is not a token.
-    let (host, _data) = lambda_host(Some("lambda-token"));
+    let (host, _data) = lambda_host(Some("lambda-test-token"));
     let service = LambdaService::new(host, None);
     let (response, _) = invoke(&service, event("upload-no-iam")).await;
     assert_eq!(response["statusCode"], 401, "{response}");

@@ -108,15 +108,9 @@ pub fn start_with_limits(
                 .await
                 .unwrap();
             tx.send(listener.local_addr().unwrap()).unwrap();
-            airlock::server::serve_tls(
-                listener,
-                tls,
-                router,
-                limits,
-                std::future::pending(),
-            )
-            .await
-            .unwrap();
+            airlock::server::serve_tls(listener, tls, router, limits, std::future::pending())
+                .await
+                .unwrap();
         });
     });
     let addr = rx.recv().unwrap();

@@ -200,6 +200,16 @@ struct ServeArgs {
     /// Largest model upload, in bytes.
     #[arg(long, env = "AIRLOCK_MAX_UPLOAD_BYTES", default_value_t = 64 << 20)]
     max_upload_bytes: usize,
+    /// Request bodies and parsed tensors of all requests together, in MiB;
+    /// past it requests get 503 with Retry-After. Default: a quarter of the
+    /// machine's memory.
+    #[arg(long, env = "AIRLOCK_REQUEST_MEMORY_MIB")]
+    request_memory_mib: Option<usize>,
+    /// Linear memory of all live guests together, in MiB; a guest that
+    /// would pass it fails its own request (503). Default: half the
+    /// machine's memory.
+    #[arg(long, env = "AIRLOCK_GUEST_MEMORY_MIB")]
+    guest_memory_mib: Option<usize>,
     /// Public key file (hex, from `airlock keygen`) whose upload signatures
     /// are accepted (repeatable).
     #[arg(
@@ -418,6 +428,12 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     config.limits.deadline = Duration::from_millis(args.deadline_ms);
     config.max_body_bytes = args.max_body_bytes;
     config.max_upload_bytes = args.max_upload_bytes;
+    if let Some(mib) = args.request_memory_mib {
+        config.request_memory_bytes = mib << 20;
+    }
+    if let Some(mib) = args.guest_memory_mib {
+        config.engine.guest_memory_bytes = mib << 20;
+    }
     config.trusted_keys = airlock::signing::TrustedKeys::from_files(&args.trusted_keys)?;
     config.require_signatures = args.require_signatures;
     // From the environment only: a key on the command line shows in `ps`.

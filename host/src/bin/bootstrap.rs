@@ -51,6 +51,14 @@ struct Config {
     /// few suffice, and a smaller pool is quicker to set up.
     #[arg(long, env = "AIRLOCK_MAX_INSTANCES", default_value_t = 16)]
     max_instances: u32,
+    /// Request bodies and parsed tensors of all requests together, in MiB.
+    /// Default: a quarter of the function's memory.
+    #[arg(long, env = "AIRLOCK_REQUEST_MEMORY_MIB")]
+    request_memory_mib: Option<usize>,
+    /// Linear memory of all live guests together, in MiB. Default: half
+    /// the function's memory.
+    #[arg(long, env = "AIRLOCK_GUEST_MEMORY_MIB")]
+    guest_memory_mib: Option<usize>,
 }
 
 fn main() -> std::process::ExitCode {
@@ -74,11 +82,17 @@ async fn run(config: Config, started: Instant) -> anyhow::Result<()> {
     let mut host_config = airlock::HostConfig::new(&config.data_dir);
     host_config.store_url = config.store.clone();
     host_config.artifacts_dir = Some(config.data_dir.join("artifacts"));
-    host_config.admin_token = config.admin_token.filter(|t| !t.is_empty());
+    host_config.admin_token = config.admin_token;
     host_config.limits.memory_bytes = config.memory_mib << 20;
     host_config.limits.deadline = Duration::from_millis(config.deadline_ms);
     host_config.max_upload_bytes = config.max_upload_bytes;
     host_config.engine.max_instances = config.max_instances;
+    if let Some(mib) = config.request_memory_mib {
+        host_config.request_memory_bytes = mib << 20;
+    }
+    if let Some(mib) = config.guest_memory_mib {
+        host_config.engine.guest_memory_bytes = mib << 20;
+    }
     host_config.artifact_key = airlock::engine::ArtifactKey::from_env()?;
     host_config.compiler =
         airlock::compile::Compiler::current_exe(airlock::compile::CompileBudget {

@@ -3,6 +3,7 @@
 //! commands written in WAT that print hostile responses on stdout, and a
 //! component whose refusal quotes a huge caller string.
 
+use std::fmt::Write as _;
 use std::time::{Duration, Instant};
 
 use crate::support::{assert_still_serving, post_json, server, upload_with_manifest};
@@ -13,7 +14,13 @@ use crate::support::{assert_still_serving, post_json, server, upload_with_manife
 /// at most 2 KiB.
 fn p1_writer(head: &str, unit: &str, count: u32, tail: &str) -> Vec<u8> {
     assert!(unit.len() <= 1024 && tail.len() <= 2048);
-    let esc = |s: &str| s.bytes().map(|b| format!("\\{b:02x}")).collect::<String>();
+    let esc = |s: &str| {
+        let mut out = String::with_capacity(3 * s.len());
+        for b in s.bytes() {
+            write!(out, "\\{b:02x}").unwrap();
+        }
+        out
+    };
     let total = 4096 + head.len() + unit.len() * count as usize + tail.len();
     let pages = total.div_ceil(65536);
     let (start, unit_len, tail_len) = (4096 + head.len(), unit.len(), tail.len());

@@ -614,8 +614,10 @@ pub fn classify(error: wasmtime::Error, limits: &Limits) -> GuestFailure {
 /// whose MAC does not verify is ignored and compiled again (and the good
 /// artifact shared in its place). A host without a key neither fetches nor
 /// shares artifacts: it compiles everything itself (and says so at start).
-/// HMAC-SHA256 over a 56 MB artifact costs tens of milliseconds, paid only
-/// on a download or an upload, next to the transfer itself.
+/// HMAC-SHA256 over a 56 MB artifact costs tens of milliseconds (openssl's
+/// took 40 ms of CPU on the 2-core development machine, with the SHA
+/// extensions sha2 also uses; the host's own was not timed), paid only on a
+/// download or an upload, next to the transfer itself.
 #[derive(Debug, Clone)]
 pub struct ArtifactCache {
     dir: PathBuf,

@@ -354,6 +354,9 @@ struct UploadForm {
 
 async fn read_form(mut form: Multipart) -> Result<UploadForm, ApiError> {
     let bad = |e: axum::extract::multipart::MultipartError| {
+        if let Some(timeout) = crate::server::find_body_timeout(&e) {
+            return ApiError::RequestTimeout(timeout.to_string());
+        }
         ApiError::BadRequest(format!("malformed multipart upload: {}", e.body_text()))
     };
     let (mut model, mut manifest, mut signature) = (None, None, None);

@@ -605,15 +605,12 @@ async fn run_infer(
     // The caller is checked before a byte of the body is read or buffered.
     authorize(&model, headers)?;
     let policy = model.policy();
-    let limit = policy.max_request_bytes.min(state.max_body_bytes);
-    let (body, reservation) = read_body(
-        body,
-        headers,
-        limit,
-        model.name(),
-        state.host.request_budget(),
-    )
-    .await?;
+    let limit = BodyLimit {
+        model: model.name(),
+        limit: policy.max_request_bytes.min(state.max_body_bytes),
+        server_limit: state.max_body_bytes,
+    };
+    let (body, reservation) = read_body(body, headers, &limit, state.host.request_budget()).await?;
     let Some(admission) = model.try_admit() else {
         return Err(ApiError::Busy {
             model: model.name().to_owned(),
@@ -695,6 +692,14 @@ async fn run_infer(
         .into_response())
 }
 
+/// How large an inference body may be: the smaller of the model's
+/// `max_request_bytes` and the server's limit (which the 413 names).
+struct BodyLimit<'a> {
+    model: &'a str,
+    limit: usize,
+    server_limit: usize,
+}
+
 /// Bodies up to this size draw on the whole memory budget; larger ones
 /// only on its first three quarters ([`Reservation::try_grow_bulky`]), so
 /// that a flood of large bodies cannot shut out ordinary small requests.
@@ -708,14 +713,20 @@ const SMALL_BODY: usize = 64 << 10;
 async fn read_body(
     body: Body,
     headers: &HeaderMap,
-    limit: usize,
-    model: &str,
+    limit: &BodyLimit<'_>,
     budget: &MemoryBudget,
 ) -> Result<(Bytes, Reservation), ApiError> {
+    let &BodyLimit {
+        model,
+        limit,
+        server_limit,
+    } = limit;
     let too_large = || {
-        ApiError::PayloadTooLarge(format!(
-            "the request body is over model {model:?}'s limit of {limit} bytes"
-        ))
+        ApiError::PayloadTooLarge(if limit < server_limit {
+            format!("the request body is over model {model:?}'s limit of {limit} bytes")
+        } else {
+            format!("the request body is over the size limit of {limit} bytes")
+        })
     };
     let declared = headers
         .get(header::CONTENT_LENGTH)

@@ -1,8 +1,8 @@
 //! The hostile-guest suite: models that try to hang, exhaust, flood or spy
 //! on the host. Each is contained with a specific, documented error (status,
-//! `x-airlock-error` kind, OIP `{"error": ...}` body; see README.md, "What a
-//! hostile model gets"), and a normal request to another model (digits)
-//! succeeds right after.
+//! `x-airlock-error` kind, OIP `{"error": ...}` body; see "What a hostile
+//! model gets" in docs/src/security.md), and a normal request to another
+//! model (digits) succeeds right after.
 
 use std::collections::HashMap;
 use std::sync::OnceLock;

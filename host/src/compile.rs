@@ -71,7 +71,9 @@ pub struct CompileBudget {
     /// Private writable memory (heap, stacks) of the worker process, in
     /// bytes: its `RLIMIT_DATA`. (Not `RLIMIT_AS`: the allocator reserves
     /// address space per thread, so that limit tracks thread count rather
-    /// than use.) Compiling the 16 MB tract guest peaks at about 480 MB.
+    /// than use.) The default leaves the largest example guest (tract, 16 MB)
+    /// several times the heap it needs (docs/src/testing.md, "Compiling
+    /// uploads").
     pub memory_bytes: u64,
     /// How many compilations may run at once; more wait their turn.
     pub workers: usize,
@@ -80,8 +82,8 @@ pub struct CompileBudget {
 impl Default for CompileBudget {
     fn default() -> Self {
         Self {
-            // The 16 MB tract guest takes about 13 s on an idle 2-core
-            // machine and more under load; a 5 MB component well under 1 s.
+            // Room for the largest example guest on a loaded machine
+            // (docs/src/testing.md, "Compiling uploads").
             time: Duration::from_secs(120),
             memory_bytes: 2 << 30,
             workers: 2,

@@ -512,8 +512,8 @@ fn arm_deadline<T>(store: &mut Store<T>, limits: &Limits) {
 /// Funcref tables stay lazily initialised (wasmtime's default), although
 /// that is a good part of what the first `infer` of a fresh snapshot
 /// instance costs beyond later ones: eager initialisation fills the ONNX
-/// guest's whole table at every instantiation, which measured 2.2 ms per
-/// fresh instance against 14 µs lazily (`benches/preinit.rs`). The compile worker
+/// guest's whole table at every instantiation, far more than the lazy way
+/// costs (figures in docs/src/testing.md). The compile worker
 /// builds its engine from the same function, so that its artifacts are
 /// compatible with the serving engine (which adds the pooling allocator,
 /// a runtime-only setting).

@@ -2,8 +2,9 @@
 //!
 //! A component that exports `wizer-initialize` (the `model-preinit` world)
 //! asks to be prepared once rather than on every request: the ONNX guest
-//! parses and optimises its graph there, about 1.5 ms that a fresh instance
-//! would otherwise spend on every request. When such a component is
+//! parses and optimises its graph there, work that a fresh instance would
+//! otherwise repeat on every request (figures in docs/src/testing.md,
+//! "Pre-initialised snapshots"). When such a component is
 //! uploaded, the host runs that export once, snapshots the instance's
 //! memories and globals into a new component (wizer), and compiles the
 //! snapshot instead of the uploaded bytes; every request still gets a fresh

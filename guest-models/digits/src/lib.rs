@@ -10,7 +10,7 @@
 //! is linked again at each request's instantiation. Without std the
 //! component imports nothing but the contract's types, and the sandbox adds
 //! about a third less per request (`cargo bench --bench sandbox`; figures
-//! in the README). What std gave that this crate needs is here instead: an
+//! in docs/src/writing-models.md). What std gave that this crate needs is here instead: an
 //! allocator ([`arena`]), a panic handler, `cabi_realloc` and `libm`.
 
 #![no_std]

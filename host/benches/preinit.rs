@@ -12,7 +12,10 @@
 use std::time::{Duration, Instant};
 
 use airlock::bindings::{InferRequest, ModelPre, Tensor, TensorData};
-use airlock::engine::{ArtifactCache, SandboxState, sha256_hex, write_atomic};
+use airlock::artifacts::ArtifactCache;
+use airlock::digest::sha256_hex;
+use airlock::fsutil::write_atomic;
+use airlock::sandbox::SandboxState;
 use airlock::{EngineConfig, Limits, Runtime};
 use criterion::{BenchmarkId, Criterion, criterion_group};
 use wasmtime::component::Component;

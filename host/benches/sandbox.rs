@@ -94,18 +94,18 @@ fn median(samples: usize, iters: u32, mut f: impl FnMut()) -> Duration {
 /// instantiation or teardown (requests never reuse an instance; this is
 /// for the kernel's wasm/native ratio only).
 struct Kept {
-    store: wasmtime::Store<airlock::engine::SandboxState>,
+    store: wasmtime::Store<airlock::sandbox::SandboxState>,
     model: airlock::bindings::Model,
 }
 
 impl Kept {
     fn new(host: &Host) -> Self {
         let wasm = std::fs::read(digits_wasm()).expect("digits.wasm");
-        let cache = airlock::engine::ArtifactCache::new(
+        let cache = airlock::artifacts::ArtifactCache::new(
             &host.config().data_dir.join("artifacts"),
             host.runtime(),
         );
-        let digest = airlock::engine::sha256_hex(&wasm);
+        let digest = airlock::digest::sha256_hex(&wasm);
         let limits = airlock::Limits::default();
         let (component, _) = cache
             .load_or_compile::<wasmtime::component::Component>(

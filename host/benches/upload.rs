@@ -105,13 +105,13 @@ fn main() {
         );
         // Where the cached path's time goes, measured separately.
         let started = Instant::now();
-        let digest = airlock::engine::sha256_hex(&wasm);
+        let digest = airlock::digest::sha256_hex(&wasm);
         let hash = started.elapsed();
         let host = host(&root.path().join(format!("{name}-probe")), &warm);
         let policy = host.default_policy();
         let (_, load) = airlock::LoadedModel::load(
             host.runtime(),
-            &airlock::engine::ArtifactCache::new(&warm, host.runtime()),
+            &airlock::artifacts::ArtifactCache::new(&warm, host.runtime()),
             name,
             "1",
             &wasm,
@@ -119,7 +119,7 @@ fn main() {
             policy,
         )
         .expect("load");
-        assert_eq!(load.cache, airlock::engine::CacheOutcome::Hit, "{digest}");
+        assert_eq!(load.cache, airlock::artifacts::CacheOutcome::Hit, "{digest}");
         parts.push((name, hash, load.compile, load.total - load.compile));
         rows.push((name, wasm.len(), compiled, cached));
     }

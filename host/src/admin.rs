@@ -338,7 +338,7 @@ fn upload_response(report: &crate::UploadReport) -> Response {
             "sha256": report.sha256,
             "created": report.created,
             "active": report.active,
-            "compiled": report.cache == crate::engine::CacheOutcome::Compiled,
+            "compiled": report.cache == crate::artifacts::CacheOutcome::Compiled,
             "elapsed_ms": report.elapsed.as_secs_f64() * 1e3,
         })),
     )

@@ -27,7 +27,7 @@ use serde_json::json;
 
 use crate::bindings::{GuestError, InferResponse, TensorSpec};
 use crate::budget::{Exhausted, MemoryBudget, Reservation};
-use crate::engine::GuestFailure;
+use crate::sandbox::GuestFailure;
 use crate::guard::{ChainStop, Chains, GuardError};
 use crate::model::LoadedModel;
 use crate::oip::{self, BadRequest, InferResponseBody, RequestLimits, ResponseError};

@@ -288,7 +288,7 @@ impl Client {
             url.starts_with("https://") || plain_http_allowed(url),
             "the server handed out a presigned URL that is neither https nor local"
         );
-        let digest = crate::engine::sha256_hex(&wasm);
+        let digest = crate::digest::sha256_hex(&wasm);
         let manifest = manifest
             .map(|m| String::from_utf8(m.to_vec()))
             .transpose()
@@ -369,7 +369,7 @@ fn refusal(body: &serde_json::Value) -> &str {
 fn multipart(wasm: Vec<u8>, manifest: &[u8]) -> (String, Vec<u8>) {
     // A boundary that cannot occur in either part: derived from their
     // digest, and checked.
-    let mut boundary = format!("airlock-{}", &crate::engine::sha256_hex(&wasm)[..32]);
+    let mut boundary = format!("airlock-{}", &crate::digest::sha256_hex(&wasm)[..32]);
     while contains(&wasm, boundary.as_bytes()) || contains(manifest, boundary.as_bytes()) {
         boundary.push('x');
     }

@@ -9,7 +9,7 @@
 //! caller's data into the next call than a model can.
 //!
 //! ```no_run
-//! # fn demo(runtime: &airlock::Runtime, cache: &airlock::engine::ArtifactCache,
+//! # fn demo(runtime: &airlock::Runtime, cache: &airlock::artifacts::ArtifactCache,
 //! #         request: &airlock::bindings::InferRequest) -> anyhow::Result<()> {
 //! use airlock::bindings::RequestDecision;
 //! let wasm = std::fs::read(airlock_artifacts::RANGE_GUARD)?;
@@ -32,9 +32,10 @@ use crate::bindings::{
 use wasmtime::component::Component;
 
 use crate::decisions::{DecisionLog, Outcome, Stage};
-use crate::engine::{
-    ArtifactCache, CacheOutcome, Compiled, GuestFailure, Limits, Runtime, classify, sha256_hex,
-};
+use crate::artifacts::{ArtifactCache, CacheOutcome, Compiled};
+use crate::digest::sha256_hex;
+use crate::engine::Runtime;
+use crate::sandbox::{GuestFailure, Limits, classify};
 use crate::manifest::GuardRef;
 use crate::model::{LoadError, LoadReport, LoadedModel, WasmKind, check_imports, wasm_kind};
 use crate::registry::Registry;
@@ -66,7 +67,7 @@ pub struct LoadedGuard {
     version: String,
     digest: String,
     limits: Limits,
-    pre: PolicyPre<crate::engine::SandboxState>,
+    pre: PolicyPre<crate::sandbox::SandboxState>,
     runtime: Runtime,
 }
 

@@ -19,12 +19,15 @@
 pub mod admin;
 pub mod api;
 pub mod auth;
+pub mod artifacts;
 pub mod bindings;
 pub mod budget;
 pub mod client;
 pub mod compile;
 pub mod decisions;
+pub mod digest;
 pub mod engine;
+pub mod fsutil;
 pub mod guard;
 pub mod lambda;
 pub mod manifest;
@@ -35,6 +38,7 @@ pub mod preinit;
 pub mod registry;
 pub mod repository;
 pub mod s3store;
+pub mod sandbox;
 pub mod server;
 pub mod signing;
 pub mod sigv4;
@@ -49,7 +53,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 
-pub use crate::engine::{EngineConfig, Limits, Runtime};
+pub use crate::engine::{EngineConfig, Runtime};
+pub use crate::sandbox::Limits;
 pub use crate::guard::{ChainStop, Chains, GuardError, LoadedGuard};
 pub use crate::model::{LoadError, LoadReport, LoadedModel};
 pub use crate::registry::Registry;
@@ -91,10 +96,10 @@ pub struct HostConfig {
     /// server (see [`compile`]); in process by default.
     pub compiler: compile::Compiler,
     /// Key of the MAC on compiled artifacts shared through the store (S3;
-    /// see [`engine::ArtifactCache`]). Without one, shared artifacts are
+    /// see [`artifacts::ArtifactCache`]). Without one, shared artifacts are
     /// neither fetched nor uploaded. Both binaries read it from
     /// `AIRLOCK_ARTIFACT_KEY`.
-    pub artifact_key: Option<engine::ArtifactKey>,
+    pub artifact_key: Option<artifacts::ArtifactKey>,
 }
 
 impl HostConfig {
@@ -164,7 +169,7 @@ pub struct Opened {
 #[derive(Clone)]
 pub struct Host {
     runtime: Runtime,
-    cache: engine::ArtifactCache,
+    cache: artifacts::ArtifactCache,
     registry: Arc<Registry>,
     guards: Arc<Registry<LoadedGuard>>,
     decisions: Arc<decisions::DecisionLog>,
@@ -237,7 +242,7 @@ impl Host {
             .artifacts_dir
             .clone()
             .unwrap_or_else(|| config.data_dir.join("artifacts"));
-        let cache = engine::ArtifactCache::new(&artifacts, &runtime)
+        let cache = artifacts::ArtifactCache::new(&artifacts, &runtime)
             .with_shared(Arc::clone(&store), config.artifact_key.clone());
         Self {
             runtime,

@@ -43,7 +43,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
 
 use crate::bindings::{Datatype, ModelMetadata, TensorSpec};
-use crate::engine::Limits;
+use crate::sandbox::Limits;
 
 /// Largest memory cap a manifest may ask for: all of wasm32's 4 GiB.
 const MAX_MEMORY_MIB: u64 = 4096;

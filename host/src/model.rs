@@ -8,10 +8,10 @@ use std::time::{Duration, Instant};
 use wasmtime::component::Component;
 
 use crate::bindings::{GuestError, InferRequest, InferResponse, Model, ModelMetadata, ModelPre};
-use crate::engine::{
-    ArtifactCache, ArtifactError, CacheOutcome, CommandState, Compiled, GuestFailure, Limits,
-    Runtime, SandboxState, classify, sha256_hex,
-};
+use crate::artifacts::{ArtifactCache, ArtifactError, CacheOutcome, Compiled};
+use crate::digest::sha256_hex;
+use crate::engine::Runtime;
+use crate::sandbox::{CommandState, GuestFailure, Limits, SandboxState, classify};
 use crate::manifest::{Manifest, Policy};
 use crate::store::VersionRecord;
 

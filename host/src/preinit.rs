@@ -147,7 +147,7 @@ impl wasmtime::ResourceLimiter for InitState {
     ) -> wasmtime::Result<bool> {
         // wizer refuses components that grow tables at all; this bounds
         // the initial ones.
-        Ok(desired <= crate::engine::Limits::default().table_elements)
+        Ok(desired <= crate::sandbox::Limits::default().table_elements)
     }
 }
 

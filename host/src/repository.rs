@@ -9,7 +9,8 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::Host;
-use crate::engine::{CacheOutcome, sha256_hex};
+use crate::artifacts::CacheOutcome;
+use crate::digest::sha256_hex;
 use crate::guard::LoadedGuard;
 use crate::manifest::{Manifest, Policy};
 use crate::model::{LoadError, LoadedModel};

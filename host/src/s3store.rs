@@ -22,7 +22,7 @@
 //! Artifacts are native code, and anyone who can write this bucket prefix
 //! could put an artifact in front of every host that shares it. So each
 //! carries a keyed MAC (`x-amz-meta-hmac-sha256`) made with the hosts'
-//! [`crate::engine::ArtifactKey`], which lives in their configuration (the
+//! [`crate::artifacts::ArtifactKey`], which lives in their configuration (the
 //! Lambda function's environment), never in the bucket; a host verifies it
 //! before the artifact goes anywhere near wasmtime, and a host without the
 //! key does not use shared artifacts at all. The prefix should still be
@@ -36,7 +36,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use aws_sdk_s3::primitives::ByteStream;
 
-use crate::engine::sha256_hex;
+use crate::digest::sha256_hex;
 use crate::store::{
     IndexRead, ModelIndex, PresignedUpload, Staged, Store, check_digest, parse_index,
 };

@@ -323,7 +323,7 @@ mod tests {
             trusted.verify(&subject(bytes, Some(r#"{"memory_mib": 8}"#)), &toml),
             Ok(public.clone())
         );
-        let stored = Subject::stored(&crate::engine::sha256_hex(bytes), Some(&manifest)).unwrap();
+        let stored = Subject::stored(&crate::digest::sha256_hex(bytes), Some(&manifest)).unwrap();
         assert_eq!(trusted.verify_by(&public, &stored, &with_keys), Ok(()));
         assert_eq!(
             trusted.verify_by(&other_public, &stored, &with_keys),

@@ -21,7 +21,7 @@
 
 use std::time::Duration;
 
-use crate::engine::sha256_hex;
+use crate::digest::sha256_hex;
 use crate::manifest::Manifest;
 use crate::store::Staged;
 use crate::{Host, RepoError, Upload, UploadReport};

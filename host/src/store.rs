@@ -3,7 +3,7 @@
 //!
 //! ```text
 //! <root>/blobs/sha256/<hex>.wasm                 uploaded bytes, immutable, content-addressed
-//! <root>/artifacts/<engine-hash>/<hex>.cwasm     compiled by this host (see engine::ArtifactCache)
+//! <root>/artifacts/<engine-hash>/<hex>.cwasm     compiled by this host (see artifacts::ArtifactCache)
 //! <root>/models/<name>/index.json                versions, digests, active pointer, history
 //! ```
 //!
@@ -16,7 +16,8 @@ use std::path::{Path, PathBuf};
 use anyhow::Context as _;
 use serde::{Deserialize, Serialize};
 
-use crate::engine::{sha256_hex, write_atomic};
+use crate::digest::sha256_hex;
+use crate::fsutil::write_atomic;
 
 /// The persisted state of one model name.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -329,7 +330,7 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     }
     /// The shared artifact of `digest` for engine `engine_hash` with its
     /// recorded MAC, if there is one. Callers verify the MAC (see
-    /// [`crate::engine::ArtifactCache`]); the store only carries it.
+    /// [`crate::artifacts::ArtifactCache`]); the store only carries it.
     fn get_artifact(
         &self,
         _engine_hash: &str,

@@ -111,12 +111,12 @@ pub fn ensure_local_certificate(dir: &Path) -> anyhow::Result<LocalCertificate> 
     let leaf_cert = leaf.signed_by(&leaf_key, &issuer)?;
 
     write_private(&paths.key, leaf_key.serialize_pem().as_bytes())?;
-    crate::engine::write_atomic(
+    crate::fsutil::write_atomic(
         &paths.cert,
         format!("{}{}", leaf_cert.pem(), ca_cert.pem()).as_bytes(),
     )?;
     // The CA goes last: its presence marks a complete set.
-    crate::engine::write_atomic(&paths.ca, ca_cert.pem().as_bytes())?;
+    crate::fsutil::write_atomic(&paths.ca, ca_cert.pem().as_bytes())?;
     Ok(LocalCertificate {
         created: true,
         ..paths

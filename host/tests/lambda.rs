@@ -282,7 +282,7 @@ fn bootstrap_under_the_lambda_emulator_picks_up_uploads_from_s3() {
     let digits = Path::new(airlock_artifacts::DIGITS);
     let out = push(&a.url, digits, "digits", "presigned");
     assert!(out.contains("uploaded model version 1"), "{out}");
-    let v1 = airlock::engine::sha256_hex(&std::fs::read(digits).unwrap());
+    let v1 = airlock::digest::sha256_hex(&std::fs::read(digits).unwrap());
     let body = infer(&a.url);
     assert_eq!(body["model_version"], "1");
     assert_eq!(body["parameters"]["sha256"], v1.as_str());
@@ -311,7 +311,7 @@ fn bootstrap_under_the_lambda_emulator_picks_up_uploads_from_s3() {
     std::fs::write(&v2_file, digits_v2()).unwrap();
     let out = push(&b.url, &v2_file, "digits", "direct");
     assert!(out.contains("uploaded model version 2"), "{out}");
-    let v2 = airlock::engine::sha256_hex(&digits_v2());
+    let v2 = airlock::digest::sha256_hex(&digits_v2());
 
     // Function A, still running, answers with v2 once its refresh interval
     // (1 s) has passed: no restart, no redeploy.
@@ -889,7 +889,8 @@ fn infer_in_process(host: &airlock::Host, request: &Value) -> Value {
 /// without a key neither fetches nor shares.
 #[test]
 fn shared_artifacts_are_trusted_only_with_a_valid_mac() {
-    use airlock::engine::{ArtifactCache, ArtifactKey, CacheOutcome, sha256_hex};
+    use airlock::artifacts::{ArtifactCache, ArtifactKey, CacheOutcome};
+    use airlock::digest::sha256_hex;
     use wasmtime::component::Component;
 
     let (_moto, moto_url) = moto();

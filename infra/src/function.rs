@@ -25,7 +25,7 @@ const APIGATEWAY: &str = "apigateway.amazonaws.com";
 
 /// The environment variable that holds the key of the MAC on compiled
 /// artifacts the function's instances share through the bucket (hex; see
-/// the host's `engine::ArtifactKey`). It lives in the function's
+/// the host's `artifacts::ArtifactKey`). It lives in the function's
 /// configuration, never in the bucket: whoever can write the bucket cannot
 /// forge an artifact the instances would run.
 pub const ARTIFACT_KEY_ENV: &str = "AIRLOCK_ARTIFACT_KEY";

@@ -1,7 +1,8 @@
 //! The compiled-artifact cache: reused when intact, recompiled when not.
 
 use airlock::Limits;
-use airlock::engine::{ArtifactCache, CacheOutcome, sha256_hex};
+use airlock::artifacts::{ArtifactCache, CacheOutcome};
+use airlock::digest::sha256_hex;
 use wasmtime::component::Component;
 
 #[test]

@@ -8,7 +8,9 @@ use std::time::{Duration, Instant};
 use airlock::bindings::{
     InferRequest, InferResponse, RequestDecision, ResponseDecision, Tensor, TensorData,
 };
-use airlock::engine::{ArtifactCache, EngineConfig, GuestFailure};
+use airlock::artifacts::ArtifactCache;
+use airlock::engine::EngineConfig;
+use airlock::sandbox::GuestFailure;
 use airlock::{GuardError, Limits, LoadError, LoadedGuard, Runtime};
 
 use crate::pii::detect::{self, Kind};

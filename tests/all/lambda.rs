@@ -108,7 +108,7 @@ async fn recorded_upload_events_use_the_gateway_iam_authorisation() {
     assert_eq!(body["version"], "1");
     assert_eq!(body["active"], true);
     let wasm = std::fs::read(airlock_artifacts::DIGITS).unwrap();
-    assert_eq!(body["sha256"], airlock::engine::sha256_hex(&wasm));
+    assert_eq!(body["sha256"], airlock::digest::sha256_hex(&wasm));
     assert!(host.registry().active("digits-lambda").is_some());
 
     // The same route without the IAM context: refused (no token configured).

@@ -9,7 +9,8 @@ use std::time::Duration;
 
 use airlock::bindings::{InferRequest, ModelPre, Tensor, TensorData};
 use airlock::compile::{CompileBudget, CompileError, Compiler};
-use airlock::engine::{ArtifactCache, CacheOutcome, sha256_hex};
+use airlock::artifacts::{ArtifactCache, CacheOutcome};
+use airlock::digest::sha256_hex;
 use airlock::{EngineConfig, Host, LoadError, RepoError, Runtime};
 use wasmtime::component::Component;
 
@@ -43,7 +44,7 @@ fn unsnapshotted_digits_onnx(runtime: &Runtime) -> Component {
         // `Engine::precompile_component` is the bare compiler: no snapshot.
         let bytes = runtime.engine().precompile_component(&wasm).unwrap();
         std::fs::create_dir_all(&dir).unwrap();
-        airlock::engine::write_atomic(&path, &bytes).unwrap();
+        airlock::fsutil::write_atomic(&path, &bytes).unwrap();
     }
     // SAFETY: written just above (or by an earlier run of this test) from
     // this engine's own compiler, and only ever replaced by rename.
@@ -54,7 +55,7 @@ fn unsnapshotted_digits_onnx(runtime: &Runtime) -> Component {
 /// bits, and the memory the instance started with.
 fn infer_bits(
     runtime: &Runtime,
-    pre: &ModelPre<airlock::engine::SandboxState>,
+    pre: &ModelPre<airlock::sandbox::SandboxState>,
     rows: &[Vec<f32>],
 ) -> (Vec<u32>, usize) {
     let mut store = runtime.new_store(TEST_LIMITS);

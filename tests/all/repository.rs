@@ -253,7 +253,7 @@ async fn bad_uploads_are_refused_and_leave_nothing_behind() {
     ];
     let blobs = s.data_dir.join("blobs/sha256");
     for (what, bytes, want_status, want_text) in cases {
-        let digest = airlock::engine::sha256_hex(&bytes);
+        let digest = airlock::digest::sha256_hex(&bytes);
         let (status, body) = upload(&client, name, bytes, true).await;
         assert_eq!(status, want_status, "{what}: {body}");
         let message = body["error"].as_str().unwrap_or_default();
@@ -435,7 +435,7 @@ async fn signatures_are_checked_before_anything_is_compiled_or_stored() {
     config.require_signatures = true;
     let host = airlock::Host::new(config).unwrap();
     let digits = wasm(airlock_artifacts::DIGITS);
-    let digest = airlock::engine::sha256_hex(&digits);
+    let digest = airlock::digest::sha256_hex(&digits);
     let nothing_left = |host: &airlock::Host| {
         assert!(host.list().unwrap().is_empty());
         assert!(

@@ -437,7 +437,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     config.trusted_keys = airlock::signing::TrustedKeys::from_files(&args.trusted_keys)?;
     config.require_signatures = args.require_signatures;
     // From the environment only: a key on the command line shows in `ps`.
-    config.artifact_key = airlock::engine::ArtifactKey::from_env()?;
+    config.artifact_key = airlock::artifacts::ArtifactKey::from_env()?;
     config.compiler = airlock::compile::Compiler::current_exe(airlock::compile::CompileBudget {
         time: Duration::from_secs(args.compile_timeout_secs),
         memory_bytes: args.compile_memory_mib << 20,

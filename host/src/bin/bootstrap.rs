@@ -93,7 +93,7 @@ async fn run(config: Config, started: Instant) -> anyhow::Result<()> {
     if let Some(mib) = config.guest_memory_mib {
         host_config.engine.guest_memory_bytes = mib << 20;
     }
-    host_config.artifact_key = airlock::engine::ArtifactKey::from_env()?;
+    host_config.artifact_key = airlock::artifacts::ArtifactKey::from_env()?;
     host_config.compiler =
         airlock::compile::Compiler::current_exe(airlock::compile::CompileBudget {
             time: Duration::from_secs(config.compile_timeout_secs),

@@ -23,6 +23,7 @@ pub mod artifacts;
 pub mod bindings;
 pub mod budget;
 pub mod client;
+pub mod command;
 pub mod compile;
 pub mod decisions;
 pub mod digest;

@@ -380,7 +380,7 @@ impl LoadedModel {
     ) -> Result<Result<InferResponse, GuestError>, GuestFailure> {
         use wasmtime_wasi::p2::pipe::{MemoryInputPipe, MemoryOutputPipe};
         let limits = &self.policy.limits;
-        let input = serde_json::to_vec(&crate::oip::CommandRequest(request))
+        let input = serde_json::to_vec(&crate::command::CommandRequest(request))
             .map_err(|e| GuestFailure::Other(e.into()))?;
         // The response is collected on the host's heap, outside the guest's
         // memory cap, so it gets a bound of its own; a write past it fails
@@ -431,7 +431,7 @@ impl LoadedModel {
         &self,
         stdout: &[u8],
     ) -> Result<Result<Vec<crate::bindings::Tensor>, String>, crate::oip::ResponseError> {
-        crate::oip::parse_command_output(
+        crate::command::parse_command_output(
             stdout,
             &self.metadata,
             &crate::oip::RequestLimits::default(),

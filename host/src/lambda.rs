@@ -25,7 +25,7 @@ use lambda_http::request::RequestContext;
 use tower::ServiceExt as _;
 
 use crate::Host;
-use crate::admin::GatewayAuthorized;
+use crate::http::GatewayAuthorized;
 
 /// The Lambda request handler over a host's router.
 #[derive(Clone)]
@@ -66,7 +66,7 @@ impl tower::Service<lambda_http::Request> for LambdaService {
         Box::pin(async move {
             if let Some(every) = refresh_every {
                 // Off the executor: the look blocks on the store.
-                let _ = crate::api::run_blocking(move || host.refresh_if_due(every)).await;
+                let _ = crate::http::run_blocking(move || host.refresh_if_due(every)).await;
             }
             if let Some(caller) = iam_caller(&request) {
                 request

@@ -16,9 +16,6 @@
 //! ```
 #![deny(missing_docs)]
 
-pub mod admin;
-pub mod api;
-pub mod auth;
 pub mod artifacts;
 pub mod bindings;
 pub mod budget;
@@ -30,6 +27,7 @@ pub mod digest;
 pub mod engine;
 pub mod fsutil;
 pub mod guard;
+pub mod http;
 pub mod lambda;
 pub mod manifest;
 pub mod metrics;
@@ -132,7 +130,7 @@ impl HostConfig {
     /// `Bearer` credential.
     pub fn check(&self) -> anyhow::Result<()> {
         if let Some(token) = &self.admin_token {
-            auth::check_token(token).context("refusing to start")?;
+            http::auth::check_token(token).context("refusing to start")?;
         }
         Ok(())
     }
@@ -305,7 +303,7 @@ impl Host {
 
     /// The HTTP router over this host's models.
     pub fn router(&self) -> axum::Router {
-        api::router(api::AppState {
+        http::router(http::AppState {
             host: Arc::new(self.clone()),
             registry: Arc::clone(&self.registry),
             max_body_bytes: self.config.max_body_bytes,

@@ -289,7 +289,7 @@ pub struct PresignedUpload {
 ///
 /// The repository ([`crate::Host::upload`] and friends) only speaks to this
 /// trait, so the filesystem and S3 behave alike. Methods block: the
-/// repository runs off the async executor (see `api::run_blocking`).
+/// repository runs off the async executor (see `http::run_blocking`).
 pub trait Store: Send + Sync + std::fmt::Debug {
     /// Where the store is, for messages (`/path/to/data`, `s3://bucket/prefix`).
     fn location(&self) -> String;

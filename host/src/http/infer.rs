@@ -1,22 +1,10 @@
-//! The one HTTP router, shared by `airlock serve` and the Lambda adapter.
-//!
-//! Open Inference Protocol v2 REST:
-//!
-//! | method | path | |
-//! |---|---|---|
-//! | GET  | `/v2` | server metadata |
-//! | GET  | `/v2/health/live`, `/v2/health/ready` | health |
-//! | GET  | `/v2/models/{name}[/versions/{version}]` | model metadata |
-//! | GET  | `/v2/models/{name}[/versions/{version}]/ready` | model readiness |
-//! | POST | `/v2/models/{name}[/versions/{version}]/infer` | inference |
-//!
-//! Every error is `{"error": "..."}` with a status from [`ApiError`].
+//! The Open Inference Protocol routes: server and model metadata, health,
+//! readiness, inference, and the Prometheus metrics.
 
 use std::sync::Arc;
 
 use axum::body::Body;
-use axum::extract::rejection::BytesRejection;
-use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -25,303 +13,17 @@ use bytes::Bytes;
 use http_body_util::BodyExt as _;
 use serde_json::json;
 
+use super::auth::Admin;
+use super::{ApiError, AppState, run_blocking};
 use crate::bindings::{GuestError, InferResponse, TensorSpec};
 use crate::budget::{Exhausted, MemoryBudget, Reservation};
-use crate::sandbox::GuestFailure;
-use crate::guard::{ChainStop, Chains, GuardError};
+use crate::guard::Chains;
 use crate::model::LoadedModel;
-use crate::oip::{self, BadRequest, InferResponseBody, RequestLimits, ResponseError};
-use crate::registry::Registry;
+use crate::oip::{self, InferResponseBody, RequestLimits, ResponseError};
+use crate::sandbox::GuestFailure;
 
-/// Header that names the kind of a sandbox failure (`trap`, `deadline`,
-/// `memory`, `output`, `capacity`, `model-error`, `internal`), so clients
-/// need not parse messages.
-pub const ERROR_KIND_HEADER: &str = "x-airlock-error";
-
-/// What the router serves from.
-#[derive(Clone)]
-pub struct AppState {
-    /// The host (for the repository API). In an `Arc`: axum clones the
-    /// state for every request, and a `Host` clone copies its configuration
-    /// (paths, keys, token), which profiling found on the request path.
-    pub host: Arc<crate::Host>,
-    /// The models.
-    pub registry: Arc<Registry>,
-    /// Largest request body, in bytes (each model's policy may set less).
-    pub max_body_bytes: usize,
-}
-
-/// An error answer. 4xx messages help the caller; 5xx details go to the
-/// log only, except for sandbox failures, whose kind the caller may know.
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum ApiError {
-    /// 400: the request is malformed or does not fit the model.
-    #[error("{0}")]
-    BadRequest(String),
-    /// 404: no such model, version or route.
-    #[error("{0}")]
-    NotFound(String),
-    /// 405: the route exists, the method does not.
-    #[error("method not allowed")]
-    MethodNotAllowed,
-    /// 413: the body is over the limit.
-    #[error("{0}")]
-    PayloadTooLarge(String),
-    /// 408: the request body did not arrive within the server's body
-    /// deadline or minimum rate.
-    #[error("{0}")]
-    RequestTimeout(String),
-    /// 401: no credentials for the repository API.
-    #[error("{0}")]
-    Unauthorized(String),
-    /// 403: wrong credentials, or the repository API is disabled.
-    #[error("{0}")]
-    Forbidden(String),
-    /// 409: the operation conflicts with the model's state.
-    #[error("{0}")]
-    Conflict(String),
-    /// 501: the server cannot do this (a presigned upload without S3).
-    #[error("{0}")]
-    NotImplemented(String),
-    /// 415: the upload is not `application/wasm`.
-    #[error("{0}")]
-    UnsupportedMediaType(String),
-    /// 400: the model refused the input (its `invalid-input`/`unsupported`).
-    #[error("model {model:?} rejected the request: {message}")]
-    ModelRejected {
-        /// The model.
-        model: String,
-        /// The model's message.
-        message: String,
-    },
-    /// 500: the model returned an internal error (the detail is logged).
-    #[error("model {model:?} failed")]
-    ModelFailed {
-        /// The model.
-        model: String,
-        /// Logged, never sent.
-        detail: String,
-    },
-    /// 500/502/503/504/507: the sandbox stopped the model.
-    #[error("model {model:?}: {failure}")]
-    Sandbox {
-        /// The model.
-        model: String,
-        /// What happened.
-        failure: GuestFailure,
-    },
-    /// A guard of the model's policy stopped the request: 403 when it
-    /// denied; when it failed or is not loaded, the request fails closed
-    /// with the status a model's failure of that kind gets (503 when the
-    /// guard is missing).
-    #[error(transparent)]
-    Guard(#[from] crate::guard::ChainStop),
-    /// 503: the model already runs as many requests as its policy allows.
-    #[error("model {model:?} is at its limit of {limit} concurrent requests; retry later")]
-    Busy {
-        /// The model.
-        model: String,
-        /// Its `max_concurrency`.
-        limit: u32,
-    },
-    /// 503: the server holds as much request data as its memory budget
-    /// allows; retry later.
-    #[error(transparent)]
-    Overloaded(#[from] Exhausted),
-    /// 500: a bug or an I/O error on our side (the detail is logged).
-    #[error("internal error")]
-    Internal(#[source] anyhow::Error),
-}
-
-impl From<BadRequest> for ApiError {
-    fn from(e: BadRequest) -> Self {
-        ApiError::BadRequest(e.0)
-    }
-}
-
-impl From<crate::RepoError> for ApiError {
-    fn from(e: crate::RepoError) -> Self {
-        use crate::RepoError;
-        match e {
-            RepoError::Invalid(e) if !e.is_input_fault() => ApiError::Internal(e.into()),
-            RepoError::Invalid(e) => ApiError::BadRequest(format!("upload refused: {e}")),
-            RepoError::BadRequest(m) => ApiError::BadRequest(m),
-            RepoError::NotFound(m) => ApiError::NotFound(m),
-            RepoError::Conflict(m) => ApiError::Conflict(m),
-            // A stored version's refusal names itself; an upload's is the upload's.
-            RepoError::Signature(e @ crate::signing::SignatureError::Stored { .. }) => {
-                ApiError::Forbidden(e.to_string())
-            }
-            RepoError::Signature(e) => ApiError::Forbidden(format!("upload refused: {e}")),
-            RepoError::Storage(e) => ApiError::Internal(e),
-        }
-    }
-}
-
-impl From<BytesRejection> for ApiError {
-    fn from(rejection: BytesRejection) -> Self {
-        if let Some(timeout) = crate::server::find_body_timeout(&rejection) {
-            return ApiError::RequestTimeout(timeout.to_string());
-        }
-        match rejection.status() {
-            StatusCode::PAYLOAD_TOO_LARGE => {
-                ApiError::PayloadTooLarge("the request body is over the size limit".into())
-            }
-            _ => ApiError::BadRequest(format!("could not read the request body: {rejection}")),
-        }
-    }
-}
-
-impl ApiError {
-    /// The HTTP status of this error.
-    pub fn status(&self) -> StatusCode {
-        match self {
-            ApiError::BadRequest(_) | ApiError::ModelRejected { .. } => StatusCode::BAD_REQUEST,
-            ApiError::NotFound(_) => StatusCode::NOT_FOUND,
-            ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
-            ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
-            ApiError::RequestTimeout(_) => StatusCode::REQUEST_TIMEOUT,
-            ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
-            ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
-            ApiError::Conflict(_) => StatusCode::CONFLICT,
-            ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            ApiError::NotImplemented(_) => StatusCode::NOT_IMPLEMENTED,
-            ApiError::ModelFailed { .. } | ApiError::Internal(_) => {
-                StatusCode::INTERNAL_SERVER_ERROR
-            }
-            ApiError::Busy { .. } | ApiError::Overloaded(_) => StatusCode::SERVICE_UNAVAILABLE,
-            ApiError::Sandbox { failure, .. } => failure_status(failure),
-            ApiError::Guard(stop) => match stop {
-                ChainStop::Denied { .. } => StatusCode::FORBIDDEN,
-                ChainStop::Missing { .. } => StatusCode::SERVICE_UNAVAILABLE,
-                ChainStop::Failed {
-                    error: GuardError::Sandbox(failure),
-                    ..
-                } => failure_status(failure),
-                _ => StatusCode::INTERNAL_SERVER_ERROR,
-            },
-        }
-    }
-
-    fn kind(&self) -> Option<&'static str> {
-        match self {
-            ApiError::ModelFailed { .. } => Some("model-error"),
-            ApiError::Busy { .. } => Some("busy"),
-            ApiError::Overloaded(_) => Some("overloaded"),
-            ApiError::Guard(ChainStop::Denied { .. }) => Some("denied"),
-            ApiError::Guard(_) => Some("guard"),
-            ApiError::Sandbox { failure, .. } => Some(match failure {
-                GuestFailure::Deadline(_) => "deadline",
-                GuestFailure::MemoryCap(_) => "memory",
-                GuestFailure::Capacity(_) => "capacity",
-                GuestFailure::Trap(_) => "trap",
-                GuestFailure::OutputTooLarge(_) => "output",
-                _ => "internal",
-            }),
-            _ => None,
-        }
-    }
-}
-
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
-        let status = self.status();
-        let message = match &self {
-            ApiError::ModelFailed { model, detail } => {
-                let detail = oip::cut_message(detail, oip::MAX_MESSAGE_BYTES);
-                tracing::warn!(model = %model, detail = %detail, "model returned an internal error");
-                self.to_string()
-            }
-            ApiError::Sandbox {
-                model,
-                failure: GuestFailure::Other(error),
-            } => {
-                tracing::error!(model = %model, error = format!("{error:#}"), "sandbox failure");
-                format!("model {model:?} failed")
-            }
-            ApiError::Sandbox { model, failure } => {
-                tracing::warn!(model = %model, failure = %failure, "model stopped by the sandbox");
-                self.to_string()
-            }
-            ApiError::Internal(error) => {
-                tracing::error!(error = format!("{error:#}"), "internal error");
-                self.to_string()
-            }
-            ApiError::Guard(ChainStop::Failed {
-                guard,
-                stage,
-                error,
-            }) => {
-                // The sandbox's own limits may be named; anything else is a
-                // bug in the guard or the host, for the log only.
-                let limit = match error {
-                    GuardError::Sandbox(GuestFailure::Deadline(d)) => {
-                        Some(format!("it ran past its deadline of {d:?}"))
-                    }
-                    GuardError::Sandbox(GuestFailure::MemoryCap(cap)) => {
-                        Some(format!("it hit its memory cap of {cap} bytes"))
-                    }
-                    GuardError::Sandbox(GuestFailure::Trap(_)) => Some("it trapped".to_owned()),
-                    GuardError::Sandbox(GuestFailure::Capacity(_)) => {
-                        Some("no sandbox capacity left".to_owned())
-                    }
-                    _ => None,
-                };
-                let error = error.to_string();
-                let error = oip::cut_message(&error, oip::MAX_MESSAGE_BYTES);
-                tracing::warn!(guard = %guard, stage = %stage, error = %error, "guard failed; request refused");
-                match limit {
-                    Some(limit) => format!("guard {guard:?} failed on the {stage}: {limit}"),
-                    None => format!("guard {guard:?} failed on the {stage}"),
-                }
-            }
-            ApiError::Guard(ChainStop::Missing { guard, .. }) => {
-                tracing::error!(guard = %guard, "a model's policy names a guard that is not loaded");
-                self.to_string()
-            }
-            // Client errors may quote the caller's data: never logged.
-            _ => self.to_string(),
-        };
-        // The one boundary every error body passes: whatever a message
-        // quotes (a caller's names, a model's or a guard's reason, a
-        // compiler's output), no error answer is longer than this.
-        let message = oip::cut_message(&message, oip::MAX_MESSAGE_BYTES);
-        let mut response = (status, Json(json!({ "error": message }))).into_response();
-        if let Some(kind) = self.kind() {
-            response
-                .headers_mut()
-                .insert(ERROR_KIND_HEADER, HeaderValue::from_static(kind));
-        }
-        if status == StatusCode::UNAUTHORIZED {
-            response
-                .headers_mut()
-                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
-        }
-        if status == StatusCode::SERVICE_UNAVAILABLE {
-            response
-                .headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
-        }
-        response
-    }
-}
-
-/// The status of a sandbox failure, a model's or a guard's.
-fn failure_status(failure: &GuestFailure) -> StatusCode {
-    match failure {
-        GuestFailure::Deadline(_) => StatusCode::GATEWAY_TIMEOUT,
-        GuestFailure::MemoryCap(_) => StatusCode::INSUFFICIENT_STORAGE,
-        GuestFailure::Capacity(_) => StatusCode::SERVICE_UNAVAILABLE,
-        // The model is the upstream here; its answer is unusable.
-        GuestFailure::OutputTooLarge(_) => StatusCode::BAD_GATEWAY,
-        _ => StatusCode::INTERNAL_SERVER_ERROR,
-    }
-}
-
-/// Builds the router over `state`.
-pub fn router(state: AppState) -> Router {
-    let body_limit = state.max_body_bytes;
+/// The inference protocol's routes and `/metrics`.
+pub(super) fn routes() -> Router<AppState> {
     Router::new()
         .route("/v2", get(server_metadata))
         .route("/v2/health/live", get(live))
@@ -342,19 +44,6 @@ pub fn router(state: AppState) -> Router {
             "/v2/models/{name}/versions/{version}/infer",
             post(infer_version),
         )
-        .merge(crate::admin::routes(state.host.config().max_upload_bytes))
-        .fallback(not_found)
-        .method_not_allowed_fallback(method_not_allowed)
-        .layer(DefaultBodyLimit::max(body_limit))
-        .with_state(state)
-}
-
-async fn not_found() -> ApiError {
-    ApiError::NotFound("no such route".into())
-}
-
-async fn method_not_allowed() -> ApiError {
-    ApiError::MethodNotAllowed
 }
 
 async fn server_metadata() -> Json<serde_json::Value> {
@@ -413,7 +102,7 @@ fn specs_json(specs: &[TensorSpec]) -> serde_json::Value {
 /// A model's metadata, by who asks:
 ///
 /// - the admin (the admin token, or IAM behind API Gateway: the
-///   [`crate::admin::Admin`] check): the Open Inference Protocol fields and
+///   [`Admin`](super::auth::Admin) check): the Open Inference Protocol fields and
 ///   an `airlock` section with the version served, its sha256, its kind and
 ///   the policy in force for this route (limits, guards with their
 ///   configuration, whether keys and signatures are required; the key
@@ -460,7 +149,7 @@ fn metadata_json(
 }
 
 async fn model_metadata(
-    admin: Result<crate::admin::Admin, ApiError>,
+    admin: Result<Admin, ApiError>,
     State(state): State<AppState>,
     Path(name): Path<String>,
     headers: HeaderMap,
@@ -470,7 +159,7 @@ async fn model_metadata(
 }
 
 async fn model_version_metadata(
-    admin: Result<crate::admin::Admin, ApiError>,
+    admin: Result<Admin, ApiError>,
     State(state): State<AppState>,
     Path((name, version)): Path<(String, String)>,
     headers: HeaderMap,
@@ -538,7 +227,7 @@ async fn observed(
 
 /// `GET /metrics`: Prometheus text, per served model version. Needs the
 /// admin token: traffic per model is not for every caller to see.
-async fn metrics(_: crate::admin::Admin, State(state): State<AppState>) -> Response {
+async fn metrics(_: Admin, State(state): State<AppState>) -> Response {
     let entries = state.registry.entries();
     let models = entries.iter().flat_map(|(name, entry)| {
         entry
@@ -568,7 +257,7 @@ fn authorize(model: &LoadedModel, headers: &HeaderMap) -> Result<(), ApiError> {
     if allowed.is_empty() {
         return Ok(());
     }
-    let presented = crate::auth::bearer_token(headers).or_else(|| {
+    let presented = super::auth::bearer_token(headers).or_else(|| {
         headers
             .get("x-api-key")
             .and_then(|v| v.to_str().ok())
@@ -584,7 +273,7 @@ fn authorize(model: &LoadedModel, headers: &HeaderMap) -> Result<(), ApiError> {
     let hashed = crate::manifest::hash_key(presented);
     let mut matched = false;
     for key in allowed {
-        matched |= crate::auth::digests_match(key.as_bytes(), hashed.as_bytes());
+        matched |= super::auth::digests_match(key.as_bytes(), hashed.as_bytes());
     }
     if matched {
         Ok(())
@@ -835,22 +524,5 @@ fn model_response(
             model: model.name().to_owned(),
             failure,
         }),
-    }
-}
-
-/// Runs CPU-bound sandbox work without stalling the async executor: in place
-/// on a multi-threaded runtime (tokio moves the worker's other tasks away),
-/// on the blocking pool otherwise.
-pub(crate) async fn run_blocking<F, T>(f: F) -> Result<T, ApiError>
-where
-    F: FnOnce() -> T + Send + 'static,
-    T: Send + 'static,
-{
-    use tokio::runtime::{Handle, RuntimeFlavor};
-    match Handle::current().runtime_flavor() {
-        RuntimeFlavor::MultiThread => Ok(tokio::task::block_in_place(f)),
-        _ => tokio::task::spawn_blocking(f)
-            .await
-            .map_err(|e| ApiError::Internal(e.into())),
     }
 }

@@ -1,18 +1,6 @@
-//! The repository (admin) API, aligned with the Triton/KServe repository
+//! The repository (admin) routes, aligned with the Triton/KServe repository
 //! extension where it has an equivalent:
-//!
-//! | method | path | |
-//! |---|---|---|
-//! | POST | `/v2/repository/index` | every stored model and guard, and their versions |
-//! | GET  | `/v2/repository/decisions[?limit=N]` | the most recent guard decisions (see [`crate::decisions`]) |
-//! | POST | `/v2/repository/models/{name}/load` | serve a stored model again |
-//! | POST | `/v2/repository/models/{name}/unload` | stop serving it (it stays stored) |
-//! | POST | `/v2/repository/models/{name}/versions[?activate=true]` | upload a new version: an `application/wasm` body, or `multipart/form-data` with parts `model`, `manifest` (TOML/JSON, see [`crate::manifest`]) and `signature` |
-//! | POST | `/v2/repository/models/{name}/versions/{version}/activate` | make a version active |
-//! | POST | `/v2/repository/models/{name}/rollback` | re-activate the previous version |
-//! | DELETE | `/v2/repository/models/{name}/versions/{version}` | delete a version that is not active |
-//! | POST | `/v2/repository/models/{name}/uploads` | `{"size": N}`: a presigned upload (S3 store only; 501 otherwise) |
-//! | POST | `/v2/repository/models/{name}/uploads/{id}[?activate=true]` | `{"sha256": "…", "manifest": "…"?}`: finalise it as a new version |
+//! extension where it has an equivalent (the route table is in [`super`]).
 //!
 //! A guard (a component of the `policy` world) is uploaded, versioned,
 //! activated and rolled back through the same `models/{name}` routes: the
@@ -22,13 +10,11 @@
 //! Every route needs `Authorization: Bearer <admin token>`: 401 without it,
 //! 403 with a wrong one. Tokens are compared in constant time. Behind API
 //! Gateway the repository routes are IAM-authorised instead: the Lambda
-//! adapter marks such requests with [`GatewayAuthorized`], which only it
+//! adapter marks such requests with [`GatewayAuthorized`](super::GatewayAuthorized), which only it
 //! can set (it is a request extension, not a header).
 
-use axum::extract::{
-    DefaultBodyLimit, FromRequest as _, FromRequestParts, Multipart, Path, Query, State,
-};
-use axum::http::request::Parts;
+use axum::extract::DefaultBodyLimit;
+use axum::extract::{FromRequest as _, Multipart, Path, Query, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
@@ -37,12 +23,13 @@ use bytes::Bytes;
 use serde::Deserialize;
 use serde_json::json;
 
+use super::auth::Admin;
+use super::{ApiError, AppState, run_blocking};
 use crate::Upload;
-use crate::api::{ApiError, AppState, run_blocking};
 use crate::manifest::Manifest;
 
 /// The repository routes; uploads may be up to `max_upload_bytes`.
-pub(crate) fn routes(max_upload_bytes: usize) -> Router<AppState> {
+pub(super) fn routes(max_upload_bytes: usize) -> Router<AppState> {
     Router::new()
         .route("/v2/repository/index", post(index))
         .route("/v2/repository/decisions", get(decisions))
@@ -66,44 +53,6 @@ pub(crate) fn routes(max_upload_bytes: usize) -> Router<AppState> {
             "/v2/repository/models/{name}/uploads/{id}",
             post(finish_upload),
         )
-}
-
-/// A request extension set by the Lambda adapter when API Gateway has
-/// authorised the caller with IAM (SigV4) for the route: the repository API
-/// then needs no bearer token. Only code in the process can set it.
-#[derive(Debug, Clone)]
-pub struct GatewayAuthorized {
-    /// The caller's ARN as API Gateway reports it (for the log).
-    pub caller: String,
-}
-
-/// Proof that the request carried the admin token.
-pub(crate) struct Admin;
-
-impl FromRequestParts<AppState> for Admin {
-    type Rejection = ApiError;
-
-    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
-        if let Some(gateway) = parts.extensions.get::<GatewayAuthorized>() {
-            tracing::info!(caller = %gateway.caller, "repository call authorised by API Gateway (IAM)");
-            return Ok(Admin);
-        }
-        let Some(expected) = state.host.config().admin_token.as_deref() else {
-            return Err(ApiError::Forbidden(
-                "the repository API is disabled: no admin token is configured".into(),
-            ));
-        };
-        let Some(presented) = crate::auth::bearer_token(&parts.headers) else {
-            return Err(ApiError::Unauthorized(
-                "the repository API needs `Authorization: Bearer <token>`".into(),
-            ));
-        };
-        if crate::auth::secrets_match(presented.as_bytes(), expected.as_bytes()) {
-            Ok(Admin)
-        } else {
-            Err(ApiError::Forbidden("wrong admin token".into()))
-        }
-    }
 }
 
 async fn index(

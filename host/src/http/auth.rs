@@ -1,8 +1,15 @@
 //! Credentials as the HTTP layer reads them: one bearer parser, one
 //! constant-time comparison, one rule for what a token may be.
+//!
+//! Also who may call the repository API: the [`Admin`] extractor, and
+//! [`GatewayAuthorized`] for callers API Gateway has authorised.
 
+use axum::extract::FromRequestParts;
+use axum::http::request::Parts;
 use axum::http::{HeaderMap, header};
 use sha2::{Digest as _, Sha256};
+
+use super::{ApiError, AppState};
 
 /// Shortest admin token a host accepts. A token is a password for the
 /// whole repository API, so an empty or guessable one is refused at start.
@@ -63,6 +70,44 @@ pub fn digests_match(a: &[u8], b: &[u8]) -> bool {
     }
     let diff = a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y));
     std::hint::black_box(diff) == 0
+}
+
+/// A request extension set by the Lambda adapter when API Gateway has
+/// authorised the caller with IAM (SigV4) for the route: the repository API
+/// then needs no bearer token. Only code in the process can set it.
+#[derive(Debug, Clone)]
+pub struct GatewayAuthorized {
+    /// The caller's ARN as API Gateway reports it (for the log).
+    pub caller: String,
+}
+
+/// Proof that the request carried the admin token.
+pub(crate) struct Admin;
+
+impl FromRequestParts<AppState> for Admin {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        if let Some(gateway) = parts.extensions.get::<GatewayAuthorized>() {
+            tracing::info!(caller = %gateway.caller, "repository call authorised by API Gateway (IAM)");
+            return Ok(Admin);
+        }
+        let Some(expected) = state.host.config().admin_token.as_deref() else {
+            return Err(ApiError::Forbidden(
+                "the repository API is disabled: no admin token is configured".into(),
+            ));
+        };
+        let Some(presented) = bearer_token(&parts.headers) else {
+            return Err(ApiError::Unauthorized(
+                "the repository API needs `Authorization: Bearer <token>`".into(),
+            ));
+        };
+        if secrets_match(presented.as_bytes(), expected.as_bytes()) {
+            Ok(Admin)
+        } else {
+            Err(ApiError::Forbidden("wrong admin token".into()))
+        }
+    }
 }
 
 #[cfg(test)]

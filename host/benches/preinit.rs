@@ -11,8 +11,8 @@
 
 use std::time::{Duration, Instant};
 
-use airlock::bindings::{InferRequest, ModelPre, Tensor, TensorData};
 use airlock::artifacts::ArtifactCache;
+use airlock::bindings::{InferRequest, ModelPre, Tensor, TensorData};
 use airlock::digest::sha256_hex;
 use airlock::fsutil::write_atomic;
 use airlock::sandbox::SandboxState;

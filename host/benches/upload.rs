@@ -119,7 +119,11 @@ fn main() {
             policy,
         )
         .expect("load");
-        assert_eq!(load.cache, airlock::artifacts::CacheOutcome::Hit, "{digest}");
+        assert_eq!(
+            load.cache,
+            airlock::artifacts::CacheOutcome::Hit,
+            "{digest}"
+        );
         parts.push((name, hash, load.compile, load.total - load.compile));
         rows.push((name, wasm.len(), compiled, cached));
     }

@@ -31,14 +31,14 @@ use crate::bindings::{
 };
 use wasmtime::component::Component;
 
-use crate::decisions::{DecisionLog, Outcome, Stage};
 use crate::artifacts::{ArtifactCache, CacheOutcome, Compiled};
+use crate::decisions::{DecisionLog, Outcome, Stage};
 use crate::digest::sha256_hex;
 use crate::engine::Runtime;
-use crate::sandbox::{GuestFailure, Limits, classify};
 use crate::manifest::GuardRef;
 use crate::model::{LoadError, LoadReport, LoadedModel, WasmKind, check_imports, wasm_kind};
 use crate::registry::Registry;
+use crate::sandbox::{GuestFailure, Limits, classify};
 use crate::store::VersionRecord;
 
 /// Why a guard call gave no usable decision.

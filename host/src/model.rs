@@ -7,12 +7,12 @@ use std::time::{Duration, Instant};
 
 use wasmtime::component::Component;
 
-use crate::bindings::{GuestError, InferRequest, InferResponse, Model, ModelMetadata, ModelPre};
 use crate::artifacts::{ArtifactCache, ArtifactError, CacheOutcome, Compiled};
+use crate::bindings::{GuestError, InferRequest, InferResponse, Model, ModelMetadata, ModelPre};
 use crate::digest::sha256_hex;
 use crate::engine::Runtime;
-use crate::sandbox::{CommandState, GuestFailure, Limits, SandboxState, classify};
 use crate::manifest::{Manifest, Policy};
+use crate::sandbox::{CommandState, GuestFailure, Limits, SandboxState, classify};
 use crate::store::VersionRecord;
 
 /// Why a component could not be loaded as a model.

@@ -5,10 +5,10 @@
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
+use airlock::artifacts::ArtifactCache;
 use airlock::bindings::{
     InferRequest, InferResponse, RequestDecision, ResponseDecision, Tensor, TensorData,
 };
-use airlock::artifacts::ArtifactCache;
 use airlock::engine::EngineConfig;
 use airlock::sandbox::GuestFailure;
 use airlock::{GuardError, Limits, LoadError, LoadedGuard, Runtime};

@@ -7,9 +7,9 @@ use std::path::Path;
 use std::sync::OnceLock;
 use std::time::Duration;
 
+use airlock::artifacts::{ArtifactCache, CacheOutcome};
 use airlock::bindings::{InferRequest, ModelPre, Tensor, TensorData};
 use airlock::compile::{CompileBudget, CompileError, Compiler};
-use airlock::artifacts::{ArtifactCache, CacheOutcome};
 use airlock::digest::sha256_hex;
 use airlock::{EngineConfig, Host, LoadError, RepoError, Runtime};
 use wasmtime::component::Component;

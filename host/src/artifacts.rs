@@ -11,6 +11,7 @@ use wasmtime::Engine;
 use wasmtime::component::Component;
 
 use crate::compile::{ArtifactKind, CompileError};
+use crate::digest::is_sha256_hex;
 use crate::engine::Runtime;
 use crate::fsutil::write_atomic;
 use crate::sandbox::Limits;
@@ -194,7 +195,7 @@ impl ArtifactCache {
     /// Removes the artifact for `digest`, if any (after a failed validation,
     /// so that a rejected upload leaves nothing behind).
     pub fn remove(&self, digest: &str) {
-        if digest.len() == 64 && digest.bytes().all(|b| b.is_ascii_hexdigit()) {
+        if is_sha256_hex(digest) {
             let _ = std::fs::remove_file(self.dir.join(format!("{digest}.cwasm")));
             let _ = std::fs::remove_file(self.dir.join(format!("{digest}.cwasm.xxh3")));
         }
@@ -219,7 +220,7 @@ impl ArtifactCache {
         wasm: &[u8],
         limits: &Limits,
     ) -> Result<(T, CacheOutcome), ArtifactError> {
-        if !(digest.len() == 64 && digest.bytes().all(|b| b.is_ascii_hexdigit())) {
+        if !is_sha256_hex(digest) {
             return Err(ArtifactError::Store(anyhow::anyhow!(
                 "not a sha256 hex digest: {digest:?}"
             )));
@@ -275,7 +276,7 @@ impl ArtifactCache {
     /// `None` when there is no usable artifact; then
     /// [`ArtifactCache::load_or_compile`] needs the bytes.
     pub fn load_cached(&self, runtime: &Runtime, digest: &str) -> Option<Compiled> {
-        if !(digest.len() == 64 && digest.bytes().all(|b| b.is_ascii_hexdigit())) {
+        if !is_sha256_hex(digest) {
             return None;
         }
         let artifact = self.dir.join(format!("{digest}.cwasm"));

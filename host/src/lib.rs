@@ -329,23 +329,20 @@ pub fn ensure_admin_token(path: &Path) -> anyhow::Result<(String, bool)> {
         anyhow::ensure!(!token.is_empty(), "{} is empty", path.display());
         return Ok((token, false));
     }
-    let mut bytes = [0u8; 32];
-    use std::io::Read as _;
-    std::fs::File::open("/dev/urandom")
-        .and_then(|mut f| f.read_exact(&mut bytes))
+    let bytes = fsutil::random_bytes::<32>()
         .context("failed to read random bytes for the admin token")?;
     let token = hex::encode(bytes);
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir)?;
     }
-    tls::write_private(path, token.as_bytes())?;
+    fsutil::write_private(path, token.as_bytes())?;
     Ok((token, true))
 }
 
 /// Writes `bytes` to `path` atomically, readable by the owner only (keys,
 /// tokens).
 pub fn write_private_file(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
-    tls::write_private(path, bytes)
+    Ok(fsutil::write_private(path, bytes)?)
 }
 
 /// Model names: 1 to 64 characters of `a-z 0-9 . _ -`, starting with a

@@ -355,8 +355,9 @@ fn check_range(field: &str, value: Option<u64>, min: u64, max: u64) -> Result<()
 /// hashed so that the store never holds it.
 fn hash_key_entry(entry: &str) -> Result<String, String> {
     if let Some(hex) = entry.strip_prefix("sha256:") {
-        if hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_hexdigit()) {
-            return Ok(format!("sha256:{}", hex.to_ascii_lowercase()));
+        let hex = hex.to_ascii_lowercase();
+        if crate::digest::is_sha256_hex(&hex) {
+            return Ok(format!("sha256:{hex}"));
         }
         return Err(
             "manifest field `api_keys`: `sha256:` must be followed by 64 hex digits".into(),

@@ -242,11 +242,8 @@ fn parse_public_key(text: &str) -> anyhow::Result<VerifyingKey> {
 
 /// Generates a key pair; returns (secret key hex, public key hex).
 pub fn generate() -> anyhow::Result<(String, String)> {
-    let mut seed = [0u8; 32];
-    use std::io::Read as _;
-    std::fs::File::open("/dev/urandom")
-        .and_then(|mut f| f.read_exact(&mut seed))
-        .context("failed to read random bytes for the key")?;
+    let seed =
+        crate::fsutil::random_bytes::<32>().context("failed to read random bytes for the key")?;
     let key = SigningKey::from_bytes(&seed);
     Ok((
         hex::encode(seed),

@@ -109,12 +109,8 @@ impl Host {
 
 /// 128 random bits in hex.
 fn random_id() -> Result<String, RepoError> {
-    use std::io::Read as _;
-    let mut bytes = [0u8; 16];
-    std::fs::File::open("/dev/urandom")
-        .and_then(|mut f| f.read_exact(&mut bytes))
-        .map_err(|e| {
-            RepoError::Storage(anyhow::Error::new(e).context("failed to read random bytes"))
-        })?;
+    let bytes = crate::fsutil::random_bytes::<16>().map_err(|e| {
+        RepoError::Storage(anyhow::Error::new(e).context("failed to read random bytes"))
+    })?;
     Ok(hex::encode(bytes))
 }

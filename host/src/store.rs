@@ -431,10 +431,7 @@ pub(crate) fn parse_index(name: &str, bytes: &[u8], origin: &str) -> anyhow::Res
 
 pub(crate) fn check_digest(digest: &str) -> anyhow::Result<()> {
     anyhow::ensure!(
-        digest.len() == 64
-            && digest
-                .bytes()
-                .all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')),
+        crate::digest::is_sha256_hex(digest),
         "not a sha256 hex digest: {digest:?}"
     );
     Ok(())

@@ -110,7 +110,7 @@ pub fn ensure_local_certificate(dir: &Path) -> anyhow::Result<LocalCertificate> 
     let issuer = Issuer::new(ca_params, ca_key);
     let leaf_cert = leaf.signed_by(&leaf_key, &issuer)?;
 
-    write_private(&paths.key, leaf_key.serialize_pem().as_bytes())?;
+    crate::fsutil::write_private(&paths.key, leaf_key.serialize_pem().as_bytes())?;
     crate::fsutil::write_atomic(
         &paths.cert,
         format!("{}{}", leaf_cert.pem(), ca_cert.pem()).as_bytes(),
@@ -121,23 +121,6 @@ pub fn ensure_local_certificate(dir: &Path) -> anyhow::Result<LocalCertificate> 
         created: true,
         ..paths
     })
-}
-
-/// Writes `bytes` to `path` atomically, readable by the owner only.
-pub(crate) fn write_private(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
-    use std::io::Write as _;
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let mut tmp = tempfile::NamedTempFile::new_in(dir)?;
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt as _;
-        tmp.as_file()
-            .set_permissions(std::fs::Permissions::from_mode(0o600))?;
-    }
-    tmp.write_all(bytes)?;
-    tmp.as_file().sync_all()?;
-    tmp.persist(path).map_err(|e| e.error)?;
-    Ok(())
 }
 
 /// A rustls server configuration: TLS 1.3 and 1.2 only (rustls implements

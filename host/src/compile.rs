@@ -26,9 +26,30 @@ use std::process::{Command, Stdio};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
-use wasmtime::Engine;
+use wasmtime::{Config, Engine, OptLevel};
 
-use crate::engine::EngineConfig;
+use crate::sandbox::EngineConfig;
+
+/// The engine settings that decide how code is compiled.
+///
+/// Funcref tables stay lazily initialised (wasmtime's default), although
+/// that is a good part of what the first `infer` of a fresh snapshot
+/// instance costs beyond later ones: eager initialisation fills the ONNX
+/// guest's whole table at every instantiation, far more than the lazy way
+/// costs (figures in docs/src/testing.md). The compile worker
+/// builds its engine from the same function, so that its artifacts are
+/// compatible with the serving engine (which adds the pooling allocator,
+/// a runtime-only setting).
+pub fn wasm_config(config: &EngineConfig) -> Config {
+    let mut wasm = Config::new();
+    wasm.wasm_component_model(true)
+        .epoch_interruption(true)
+        .max_wasm_stack(config.max_wasm_stack)
+        .cranelift_opt_level(OptLevel::Speed)
+        .memory_init_cow(true)
+        .parallel_compilation(true);
+    wasm
+}
 
 /// The first argument that turns the host's binary into a compile worker.
 pub const WORKER_ARG: &str = "__airlock-compile-worker";
@@ -156,7 +177,7 @@ impl Compiler {
     }
 
     /// Compiles `wasm` to a serialized artifact for an engine built from
-    /// `config` (see [`crate::engine::wasm_config`]). A component that
+    /// `config` (see [`wasm_config`]). A component that
     /// exports `wizer-initialize` is first pre-initialised, its linear
     /// memory capped at `init_memory_bytes` (the model's cap), and the
     /// snapshot is what gets compiled.
@@ -394,7 +415,7 @@ fn worker_main(args: &[String]) -> Result<(), WorkerFailure> {
         ..EngineConfig::default()
     };
     let init_memory_bytes = init_memory_bytes.parse().map_err(|_| usage())?;
-    let engine = Engine::new(&crate::engine::wasm_config(&config))
+    let engine = Engine::new(&wasm_config(&config))
         .map_err(|e| WorkerFailure::Usage(format!("engine: {e:#}")))?;
     let mut wasm = Vec::new();
     std::io::stdin()

@@ -9,43 +9,11 @@
 use std::sync::Arc;
 
 use wasmtime::component::Linker;
-use wasmtime::{
-    Config, Engine, InstanceAllocationStrategy, OptLevel, PoolingAllocationConfig, Store,
-};
+use wasmtime::{Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store};
 
 use crate::budget::MemoryBudget;
-use crate::compile::{ArtifactKind, CompileError, Compiler};
-use crate::sandbox::{CommandState, EPOCH_TICK, Limits, SandboxState};
-
-/// Engine-wide settings. They bound every store the engine will ever create;
-/// per-model [`Limits`] can only be tighter.
-#[derive(Debug, Clone)]
-pub struct EngineConfig {
-    /// Largest linear memory any instance may have, in bytes (the pool's slot size).
-    pub max_memory_bytes: usize,
-    /// How many instances may be alive at once (pool slots).
-    pub max_instances: u32,
-    /// Wasm stack limit per call, in bytes.
-    pub max_wasm_stack: usize,
-    /// Linear memory all live guests may hold together, in bytes. Each
-    /// store's memory grows against it as well as against its own cap, so
-    /// the pool's slots times the per-model caps (which can far exceed the
-    /// machine) never turn into more memory than this: a growth past it
-    /// fails the request that asked (503, `capacity`), not the process.
-    /// Defaults to half the memory of the machine (or Lambda function).
-    pub guest_memory_bytes: usize,
-}
-
-impl Default for EngineConfig {
-    fn default() -> Self {
-        Self {
-            max_memory_bytes: 1 << 30,
-            max_instances: 256,
-            max_wasm_stack: 512 << 10,
-            guest_memory_bytes: crate::budget::machine_memory_bytes() / 2,
-        }
-    }
-}
+use crate::compile::{ArtifactKind, CompileError, Compiler, wasm_config};
+use crate::sandbox::{CommandState, EPOCH_TICK, EngineConfig, Limits, SandboxState};
 
 /// What the host does to uploaded bytes before compiling them, as part of
 /// the artifact cache's key. Artifacts are keyed by the uploaded bytes, not
@@ -178,27 +146,6 @@ impl Runtime {
     ) -> Store<CommandState> {
         crate::sandbox::new_command_store(&self.engine, limits, &self.guest_memory, stdin, stdout)
     }
-}
-
-/// The engine settings that decide how code is compiled.
-///
-/// Funcref tables stay lazily initialised (wasmtime's default), although
-/// that is a good part of what the first `infer` of a fresh snapshot
-/// instance costs beyond later ones: eager initialisation fills the ONNX
-/// guest's whole table at every instantiation, far more than the lazy way
-/// costs (figures in docs/src/testing.md). The compile worker
-/// builds its engine from the same function, so that its artifacts are
-/// compatible with the serving engine (which adds the pooling allocator,
-/// a runtime-only setting).
-pub fn wasm_config(config: &EngineConfig) -> Config {
-    let mut wasm = Config::new();
-    wasm.wasm_component_model(true)
-        .epoch_interruption(true)
-        .max_wasm_stack(config.max_wasm_stack)
-        .cranelift_opt_level(OptLevel::Speed)
-        .memory_init_cow(true)
-        .parallel_compilation(true);
-    wasm
 }
 
 /// Advances the engine's epoch every [`EPOCH_TICK`] until the engine is dropped.

@@ -52,12 +52,12 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 
-pub use crate::engine::{EngineConfig, Runtime};
-pub use crate::sandbox::Limits;
+pub use crate::engine::Runtime;
 pub use crate::guard::{ChainStop, Chains, GuardError, LoadedGuard};
 pub use crate::model::{LoadError, LoadReport, LoadedModel};
 pub use crate::registry::Registry;
 pub use crate::repository::{RepoError, Upload, UploadReport};
+pub use crate::sandbox::{EngineConfig, Limits};
 pub use crate::sync::RefreshReport;
 
 /// Settings of a host.

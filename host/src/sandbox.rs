@@ -1,5 +1,6 @@
-//! The sandbox policy every guest runs under: per-request [`Limits`], the
-//! one `ResourceLimiter` ([`Caps`]) that enforces them together with the
+//! The sandbox policy every guest runs under: the engine-wide bounds
+//! ([`EngineConfig`]) and per-request [`Limits`], the
+//! one `ResourceLimiter` (`Caps`) that enforces them together with the
 //! guests' shared memory budget, the store states, frozen clocks, sleeps
 //! that end at once (and polls a command may not make), the epoch
 //! deadline, and the classification of a failed call ([`GuestFailure`]).
@@ -17,6 +18,36 @@ use crate::budget::{MemoryBudget, Reservation};
 /// How often the epoch ticker advances the engine's epoch. Deadlines are
 /// counted in these ticks, so this is their resolution.
 pub const EPOCH_TICK: Duration = Duration::from_millis(1);
+
+/// Engine-wide settings. They bound every store the engine will ever create;
+/// per-model [`Limits`] can only be tighter.
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    /// Largest linear memory any instance may have, in bytes (the pool's slot size).
+    pub max_memory_bytes: usize,
+    /// How many instances may be alive at once (pool slots).
+    pub max_instances: u32,
+    /// Wasm stack limit per call, in bytes.
+    pub max_wasm_stack: usize,
+    /// Linear memory all live guests may hold together, in bytes. Each
+    /// store's memory grows against it as well as against its own cap, so
+    /// the pool's slots times the per-model caps (which can far exceed the
+    /// machine) never turn into more memory than this: a growth past it
+    /// fails the request that asked (503, `capacity`), not the process.
+    /// Defaults to half the memory of the machine (or Lambda function).
+    pub guest_memory_bytes: usize,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        Self {
+            max_memory_bytes: 1 << 30,
+            max_instances: 256,
+            max_wasm_stack: 512 << 10,
+            guest_memory_bytes: crate::budget::machine_memory_bytes() / 2,
+        }
+    }
+}
 
 /// Per-request limits armed on every store.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -76,7 +107,7 @@ pub enum GuestFailure {
 }
 
 /// Marker error returned by the limiter when the memory all guests hold
-/// together would pass [`crate::EngineConfig::guest_memory_bytes`].
+/// together would pass [`EngineConfig::guest_memory_bytes`].
 #[derive(Debug, thiserror::Error)]
 #[error("the guests' shared memory budget of {0} bytes is exhausted")]
 struct GuestMemoryExhausted(usize);

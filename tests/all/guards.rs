@@ -9,7 +9,7 @@ use airlock::artifacts::ArtifactCache;
 use airlock::bindings::{
     InferRequest, InferResponse, RequestDecision, ResponseDecision, Tensor, TensorData,
 };
-use airlock::engine::EngineConfig;
+use airlock::sandbox::EngineConfig;
 use airlock::sandbox::GuestFailure;
 use airlock::{GuardError, Limits, LoadError, LoadedGuard, Runtime};
 

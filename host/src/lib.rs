@@ -33,6 +33,7 @@ pub mod manifest;
 pub mod metrics;
 pub mod model;
 pub mod oip;
+pub mod pipeline;
 pub mod preinit;
 pub mod registry;
 pub mod repository;

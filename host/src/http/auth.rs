@@ -56,6 +56,19 @@ pub fn bearer_token(headers: &HeaderMap) -> Option<&str> {
     (!token.is_empty()).then_some(token)
 }
 
+/// The API key a caller presents for a model: `Authorization: Bearer
+/// <key>`, else `x-api-key: <key>` (trimmed; empty is none). Checked by
+/// [`crate::pipeline::authorize`].
+pub fn api_key(headers: &HeaderMap) -> Option<&str> {
+    bearer_token(headers).or_else(|| {
+        headers
+            .get("x-api-key")
+            .and_then(|v| v.to_str().ok())
+            .map(str::trim)
+            .filter(|key| !key.is_empty())
+    })
+}
+
 /// Compares two secrets in time that depends on neither: both are hashed
 /// to fixed-length digests, which are compared without an early exit.
 pub fn secrets_match(presented: &[u8], expected: &[u8]) -> bool {

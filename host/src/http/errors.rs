@@ -11,6 +11,7 @@ use serde_json::json;
 use crate::budget::Exhausted;
 use crate::guard::{ChainStop, GuardError};
 use crate::oip::{self, BadRequest};
+use crate::pipeline::InferError;
 use crate::sandbox::GuestFailure;
 
 /// Header that names the kind of a sandbox failure (`trap`, `deadline`,
@@ -104,6 +105,27 @@ pub enum ApiError {
 impl From<BadRequest> for ApiError {
     fn from(e: BadRequest) -> Self {
         ApiError::BadRequest(e.0)
+    }
+}
+
+impl From<InferError> for ApiError {
+    fn from(e: InferError) -> Self {
+        match e {
+            InferError::BadRequest(m) => ApiError::BadRequest(m),
+            InferError::NotFound(m) => ApiError::NotFound(m),
+            InferError::Unauthorized(m) => ApiError::Unauthorized(m),
+            InferError::Forbidden(m) => ApiError::Forbidden(m),
+            InferError::PayloadTooLarge(m) => ApiError::PayloadTooLarge(m),
+            InferError::Busy { model, limit } => ApiError::Busy { model, limit },
+            InferError::Overloaded(e) => ApiError::Overloaded(e),
+            InferError::ModelRejected { model, message } => {
+                ApiError::ModelRejected { model, message }
+            }
+            InferError::ModelFailed { model, detail } => ApiError::ModelFailed { model, detail },
+            InferError::Sandbox { model, failure } => ApiError::Sandbox { model, failure },
+            InferError::Guard(stop) => ApiError::Guard(stop),
+            InferError::Internal(e) => ApiError::Internal(e),
+        }
     }
 }
 

@@ -13,14 +13,12 @@ use bytes::Bytes;
 use http_body_util::BodyExt as _;
 use serde_json::json;
 
-use super::auth::Admin;
+use super::auth::{Admin, api_key};
 use super::{ApiError, AppState, run_blocking};
-use crate::bindings::{GuestError, InferResponse, TensorSpec};
+use crate::bindings::TensorSpec;
 use crate::budget::{Exhausted, MemoryBudget, Reservation};
-use crate::guard::Chains;
 use crate::model::LoadedModel;
-use crate::oip::{self, InferResponseBody, RequestLimits, ResponseError};
-use crate::sandbox::GuestFailure;
+use crate::pipeline::{self, InferCall, InferOutput};
 
 /// The inference protocol's routes and `/metrics`.
 pub(super) fn routes() -> Router<AppState> {
@@ -70,28 +68,6 @@ async fn ready(State(state): State<AppState>) -> Response {
     (status, Json(json!({ "ready": ready }))).into_response()
 }
 
-/// The model that answers a request to `name` (its active version) or to
-/// `name` version `version`. A version that is not the active one comes
-/// confined by the active version's policy ([`Registry::version`], see
-/// [`crate::registry::stricter_policy`]): its `policy()` is the one the
-/// request is held to, keys, guards and limits alike, so everything that
-/// reads the policy of the model it is given (authorisation, admission,
-/// guards) applies the stricter rule with nothing more to do.
-fn lookup(
-    state: &AppState,
-    name: &str,
-    version: Option<&str>,
-) -> Result<Arc<LoadedModel>, ApiError> {
-    let found = match version {
-        None => state.registry.active(name),
-        Some(v) => state.registry.version(name, v),
-    };
-    found.ok_or_else(|| match version {
-        None => ApiError::NotFound(format!("unknown model {name:?}")),
-        Some(v) => ApiError::NotFound(format!("unknown model {name:?} version {v:?}")),
-    })
-}
-
 fn specs_json(specs: &[TensorSpec]) -> serde_json::Value {
     specs
         .iter()
@@ -122,7 +98,7 @@ fn metadata_json(
     headers: &HeaderMap,
 ) -> Result<serde_json::Value, ApiError> {
     if !admin {
-        authorize(model, headers)?;
+        pipeline::authorize(model, api_key(headers))?;
     }
     let versions: Vec<String> = state
         .registry
@@ -154,7 +130,7 @@ async fn model_metadata(
     Path(name): Path<String>,
     headers: HeaderMap,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    let model = lookup(&state, &name, None)?;
+    let model = state.host.lookup(&name, None)?;
     metadata_json(&state, &model, admin.is_ok(), &headers).map(Json)
 }
 
@@ -164,7 +140,7 @@ async fn model_version_metadata(
     Path((name, version)): Path<(String, String)>,
     headers: HeaderMap,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    let model = lookup(&state, &name, Some(&version))?;
+    let model = state.host.lookup(&name, Some(&version))?;
     metadata_json(&state, &model, admin.is_ok(), &headers).map(Json)
 }
 
@@ -172,7 +148,7 @@ async fn model_ready(
     State(state): State<AppState>,
     Path(name): Path<String>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    lookup(&state, &name, None)?;
+    state.host.lookup(&name, None)?;
     Ok(Json(json!({ "name": name, "ready": true })))
 }
 
@@ -180,7 +156,7 @@ async fn model_version_ready(
     State(state): State<AppState>,
     Path((name, version)): Path<(String, String)>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    lookup(&state, &name, Some(&version))?;
+    state.host.lookup(&name, Some(&version))?;
     Ok(Json(
         json!({ "name": name, "version": version, "ready": true }),
     ))
@@ -192,7 +168,7 @@ async fn infer(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
-    let model = lookup(&state, &name, None)?;
+    let model = state.host.lookup(&name, None)?;
     observed(&state, model, &headers, body).await
 }
 
@@ -202,7 +178,7 @@ async fn infer_version(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
-    let model = lookup(&state, &name, Some(&version))?;
+    let model = state.host.lookup(&name, Some(&version))?;
     observed(&state, model, &headers, body).await
 }
 
@@ -245,46 +221,10 @@ async fn metrics(_: Admin, State(state): State<AppState>) -> Response {
         .into_response()
 }
 
-/// Checks the caller's API key against the model's policy: any caller when
-/// the policy lists no keys; else `Authorization: Bearer <key>` (or
-/// `x-api-key`) whose sha256 is listed. Compared without early exit.
-///
-/// `model` as [`lookup`] returns it: for a version route to an inactive
-/// version its policy is already the stricter of that version's and the
-/// active version's, so the one key presented must be accepted by both.
-fn authorize(model: &LoadedModel, headers: &HeaderMap) -> Result<(), ApiError> {
-    let allowed = &model.policy().api_keys;
-    if allowed.is_empty() {
-        return Ok(());
-    }
-    let presented = super::auth::bearer_token(headers).or_else(|| {
-        headers
-            .get("x-api-key")
-            .and_then(|v| v.to_str().ok())
-            .map(str::trim)
-            .filter(|key| !key.is_empty())
-    });
-    let Some(presented) = presented else {
-        return Err(ApiError::Unauthorized(format!(
-            "model {:?} needs an API key: `Authorization: Bearer <key>`",
-            model.name()
-        )));
-    };
-    let hashed = crate::manifest::hash_key(presented);
-    let mut matched = false;
-    for key in allowed {
-        matched |= super::auth::digests_match(key.as_bytes(), hashed.as_bytes());
-    }
-    if matched {
-        Ok(())
-    } else {
-        Err(ApiError::Forbidden(format!(
-            "this API key may not call model {:?}",
-            model.name()
-        )))
-    }
-}
-
+/// Runs an inference through the [pipeline](crate::pipeline): the
+/// caller's key is checked on the head, the body is read under the memory
+/// budget, and the rest runs off the async workers, holding the request's
+/// memory reservation until the answer is bytes.
 async fn run_infer(
     state: &AppState,
     model: Arc<LoadedModel>,
@@ -292,69 +232,11 @@ async fn run_infer(
     body: Body,
 ) -> Result<Response, ApiError> {
     // The caller is checked before a byte of the body is read or buffered.
-    authorize(&model, headers)?;
-    let policy = model.policy();
-    let limit = BodyLimit {
-        model: model.name(),
-        limit: policy.max_request_bytes.min(state.max_body_bytes),
-        server_limit: state.max_body_bytes,
-    };
-    let (body, reservation) = read_body(body, headers, &limit, state.host.request_budget()).await?;
-    let Some(admission) = model.try_admit() else {
-        return Err(ApiError::Busy {
-            model: model.name().to_owned(),
-            limit: policy.max_concurrency.unwrap_or(u32::MAX),
-        });
-    };
-    let limits = RequestLimits {
-        max_elements: policy.max_elements,
-        ..state.host.config().request_limits
-    };
+    let call = state.host.prepare_call(model, api_key(headers))?;
+    let (body, reservation) = read_body(body, headers, &call, state.host.request_budget()).await?;
     let json_len = inference_header_length(headers)?;
-    let guards = Arc::clone(state.host.guards());
-    let decisions = Arc::clone(state.host.decisions());
-    // Everything CPU-bound (parsing, guards, the model, the answer's checks
-    // and serialisation) runs off the async workers, holding the request's
-    // memory reservation until the answer is bytes.
-    let work = move || {
-        let mut reservation = reservation;
-        let oip::ParsedInfer { request, encoding } =
-            oip::parse_infer(&body, json_len, model.metadata(), &limits, &mut reservation)
-                .map_err(|e| match e {
-                    oip::ParseError::Bad(e) => ApiError::from(e),
-                    oip::ParseError::Exhausted(e) => ApiError::Overloaded(e),
-                })?;
-        let body_len = body.len();
-        drop(body);
-        reservation.shrink(body_len);
-        let chains = Chains::new(&guards, &decisions, &model);
-        let request = chains.check_request(request)?;
-        let response = model_response(&model, model.infer(&request))?;
-        let response = chains.check_response(&request, response)?;
-        drop(admission);
-        let outputs = oip::check_response(response, model.metadata(), &request.outputs, &limits)
-            .map_err(|error| match error {
-                ResponseError::TooLarge(_) => ApiError::Sandbox {
-                    model: model.name().to_owned(),
-                    failure: GuestFailure::OutputTooLarge(error.to_string()),
-                },
-                _ => ApiError::ModelFailed {
-                    model: model.name().to_owned(),
-                    detail: error.to_string(),
-                },
-            })?;
-        let parameters = [("sha256", model.digest())];
-        let body = InferResponseBody {
-            model_name: model.name(),
-            model_version: model.version(),
-            id: request.id.as_deref(),
-            parameters: &parameters,
-            outputs: &outputs,
-            encoding: &encoding,
-        };
-        body.to_bytes().map_err(|e| ApiError::Internal(e.into()))
-    };
-    let (bytes, json_len) = run_blocking(work).await??;
+    let InferOutput { bytes, json_len } =
+        run_blocking(move || call.run(body, json_len, reservation)).await??;
     let Some(json_len) = json_len else {
         return Ok((
             [(
@@ -381,20 +263,12 @@ async fn run_infer(
         .into_response())
 }
 
-/// How large an inference body may be: the smaller of the model's
-/// `max_request_bytes` and the server's limit (which the 413 names).
-struct BodyLimit<'a> {
-    model: &'a str,
-    limit: usize,
-    server_limit: usize,
-}
-
 /// Bodies up to this size draw on the whole memory budget; larger ones
 /// only on its first three quarters ([`Reservation::try_grow_bulky`]), so
 /// that a flood of large bodies cannot shut out ordinary small requests.
 const SMALL_BODY: usize = 64 << 10;
 
-/// Reads a request body of at most `limit` bytes, drawing on `budget`
+/// Reads a request body of at most [`InferCall::body_limit`] bytes, drawing on `budget`
 /// before anything is kept: the whole declared `Content-Length` up front
 /// (so an over-budget request is refused before it is read), or chunk by
 /// chunk when the length is not declared. A body that cannot be covered is
@@ -402,21 +276,11 @@ const SMALL_BODY: usize = 64 << 10;
 async fn read_body(
     body: Body,
     headers: &HeaderMap,
-    limit: &BodyLimit<'_>,
+    call: &InferCall,
     budget: &MemoryBudget,
 ) -> Result<(Bytes, Reservation), ApiError> {
-    let &BodyLimit {
-        model,
-        limit,
-        server_limit,
-    } = limit;
-    let too_large = || {
-        ApiError::PayloadTooLarge(if limit < server_limit {
-            format!("the request body is over model {model:?}'s limit of {limit} bytes")
-        } else {
-            format!("the request body is over the size limit of {limit} bytes")
-        })
-    };
+    let limit = call.body_limit();
+    let too_large = || ApiError::from(call.too_large());
     let declared = headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
@@ -499,30 +363,4 @@ fn inference_header_length(headers: &HeaderMap) -> Result<Option<usize>, ApiErro
         .ok_or_else(|| {
             ApiError::BadRequest("Inference-Header-Content-Length must be a number of bytes".into())
         })
-}
-
-/// The model's answer, or the error it is for the caller.
-fn model_response(
-    model: &LoadedModel,
-    outcome: Result<Result<InferResponse, GuestError>, GuestFailure>,
-) -> Result<InferResponse, ApiError> {
-    match outcome {
-        Ok(Ok(response)) => Ok(response),
-        Ok(Err(GuestError::InvalidInput(message) | GuestError::Unsupported(message))) => {
-            Err(ApiError::ModelRejected {
-                model: model.name().to_owned(),
-                message,
-            })
-        }
-        Ok(Err(GuestError::Internal(detail) | GuestError::Other(detail))) => {
-            Err(ApiError::ModelFailed {
-                model: model.name().to_owned(),
-                detail,
-            })
-        }
-        Err(failure) => Err(ApiError::Sandbox {
-            model: model.name().to_owned(),
-            failure,
-        }),
-    }
 }

@@ -6,7 +6,10 @@
 //! Run: `cargo bench --workspace --bench sandbox`. After criterion's own
 //! output it prints a table with the medians and the ratios: the sandbox's
 //! per-request cost, and the wasm/native ratio of the model kernel alone
-//! (one instance, `infer` called again and again). `AIRLOCK_BENCH_DIGITS`
+//! (one instance, `infer` called again and again), and the whole inference
+//! pipeline (`Host::prepare_infer` and `InferCall::run`: admission, JSON
+//! parsing and validation, guards, the model, output checks and the JSON
+//! answer) beside the bare sandboxed call. `AIRLOCK_BENCH_DIGITS`
 //! names another build of the digits component to measure instead.
 
 use std::time::{Duration, Instant};
@@ -37,6 +40,33 @@ fn request(batch: usize) -> InferRequest {
     }
 }
 
+/// The same request as the JSON body of an OIP v2 inference.
+fn json_body(batch: usize) -> bytes::Bytes {
+    let body = serde_json::json!({
+        "inputs": [{
+            "name": "input",
+            "shape": [batch, 64],
+            "datatype": "FP32",
+            "data": input(batch),
+        }]
+    });
+    serde_json::to_vec(&body).expect("json").into()
+}
+
+/// One request through the whole pipeline, as the HTTP layer runs it once
+/// it has read the body (charged to the host's request budget).
+fn pipeline(host: &Host, body: &bytes::Bytes) {
+    let call = host
+        .prepare_infer("digits", None, None)
+        .expect("digits is served");
+    let mut reservation = host.request_budget().reservation();
+    reservation.try_grow(body.len()).expect("budget");
+    let output = call
+        .run(body.clone(), None, reservation)
+        .expect("an answer");
+    std::hint::black_box(output);
+}
+
 /// The digits component measured: this build's, or the one at
 /// `$AIRLOCK_BENCH_DIGITS` (to compare with another build of the guest).
 fn digits_wasm() -> std::path::PathBuf {
@@ -61,6 +91,10 @@ fn bench(c: &mut Criterion) {
         let req = request(batch);
         group.bench_with_input(BenchmarkId::new("sandboxed", batch), &req, |b, req| {
             b.iter(|| model.infer(req).unwrap().unwrap())
+        });
+        let body = json_body(batch);
+        group.bench_with_input(BenchmarkId::new("pipeline", batch), &body, |b, body| {
+            b.iter(|| pipeline(&host, body))
         });
         let x = input(batch);
         let mut out = vec![0.0; batch * mlp::CLASSES];
@@ -153,14 +187,20 @@ fn summary() {
         "| batch | native forward | wasm: infer on a kept instance | wasm / native |\n\
          |---|---|---|---|\n",
     );
+    let mut whole = String::from(
+        "| batch | sandboxed (fresh instance + infer) | whole pipeline (prepare + run, JSON in and out) | pipeline overhead |\n\
+         |---|---|---|---|\n",
+    );
     for batch in [1usize, 64] {
         let req = request(batch);
+        let body = json_body(batch);
         let x = input(batch);
         let mut out = vec![0.0; batch * mlp::CLASSES];
         // Warm up every path.
         for _ in 0..2000 {
             model.infer(&req).unwrap().unwrap();
             kept.infer(&req);
+            pipeline(&host, &body);
             mlp::forward(&x, batch, &mut out);
         }
         let native = median(101, 2000, || {
@@ -171,6 +211,7 @@ fn summary() {
             std::hint::black_box(model.infer(&req).unwrap().unwrap());
         });
         let in_wasm = median(101, 200, || kept.infer(&req));
+        let piped = median(101, 200, || pipeline(&host, &body));
         let us = |d: Duration| d.as_secs_f64() * 1e6;
         sandbox += &format!(
             "| {batch} | {:.2} µs | {:.2} µs | {:.2} µs | {:.1}x |\n",
@@ -185,8 +226,14 @@ fn summary() {
             us(in_wasm),
             us(in_wasm) / us(native)
         );
+        whole += &format!(
+            "| {batch} | {:.2} µs | {:.2} µs | {:.2} µs |\n",
+            us(sandboxed),
+            us(piped),
+            us(piped) - us(sandboxed)
+        );
     }
-    println!("\n{sandbox}\n{kernel}");
+    println!("\n{sandbox}\n{kernel}\n{whole}");
 }
 
 criterion_group!(benches, bench);

@@ -40,6 +40,7 @@ pub mod repository;
 pub mod s3store;
 pub mod sandbox;
 pub mod server;
+pub mod settings;
 pub mod signing;
 pub mod sigv4;
 pub mod staging;

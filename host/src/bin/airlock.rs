@@ -168,14 +168,6 @@ struct ServeArgs {
     /// Directory for compiled artifacts and the generated TLS certificate.
     #[arg(long, env = "AIRLOCK_DATA_DIR", default_value = "airlock-data")]
     data_dir: PathBuf,
-    /// Keep models in S3 (s3://BUCKET/PREFIX, the layout Lambda uses)
-    /// instead of the data directory, so that several servers share them.
-    #[arg(long, env = "AIRLOCK_STORE")]
-    store: Option<String>,
-    /// With --store: look for model changes made by others this often, in
-    /// seconds.
-    #[arg(long, env = "AIRLOCK_REFRESH_SECS", default_value_t = 5)]
-    refresh_secs: u64,
     /// PEM certificate chain to serve instead of the generated one.
     #[arg(long, env = "AIRLOCK_TLS_CERT", requires = "tls_key")]
     tls_cert: Option<PathBuf>,
@@ -188,49 +180,8 @@ struct ServeArgs {
     /// Do not load the example models (digits, digits-onnx, langid).
     #[arg(long, env = "AIRLOCK_NO_EXAMPLES")]
     no_examples: bool,
-    /// Memory cap per request, in MiB.
-    #[arg(long, env = "AIRLOCK_MEMORY_MIB", default_value_t = 256)]
-    memory_mib: usize,
-    /// Deadline per request, in milliseconds.
-    #[arg(long, env = "AIRLOCK_DEADLINE_MS", default_value_t = 2000)]
-    deadline_ms: u64,
-    /// Largest request body, in bytes.
-    #[arg(long, env = "AIRLOCK_MAX_BODY_BYTES", default_value_t = 16 << 20)]
-    max_body_bytes: usize,
-    /// Largest model upload, in bytes.
-    #[arg(long, env = "AIRLOCK_MAX_UPLOAD_BYTES", default_value_t = 64 << 20)]
-    max_upload_bytes: usize,
-    /// Request bodies and parsed tensors of all requests together, in MiB;
-    /// past it requests get 503 with Retry-After. Default: a quarter of the
-    /// machine's memory.
-    #[arg(long, env = "AIRLOCK_REQUEST_MEMORY_MIB")]
-    request_memory_mib: Option<usize>,
-    /// Linear memory of all live guests together, in MiB; a guest that
-    /// would pass it fails its own request (503). Default: half the
-    /// machine's memory.
-    #[arg(long, env = "AIRLOCK_GUEST_MEMORY_MIB")]
-    guest_memory_mib: Option<usize>,
-    /// Public key file (hex, from `airlock keygen`) whose upload signatures
-    /// are accepted (repeatable).
-    #[arg(
-        long = "trusted-key",
-        env = "AIRLOCK_TRUSTED_KEYS",
-        value_delimiter = ','
-    )]
-    trusted_keys: Vec<PathBuf>,
-    /// Refuse uploads that are not signed by a trusted key.
-    #[arg(long, env = "AIRLOCK_REQUIRE_SIGNATURES", requires = "trusted_keys")]
-    require_signatures: bool,
-    /// Wall-clock budget for compiling one uploaded module, in seconds.
-    #[arg(long, env = "AIRLOCK_COMPILE_TIMEOUT_SECS", default_value_t = 120)]
-    compile_timeout_secs: u64,
-    /// Memory budget (heap and stacks) of the process compiling one uploaded module, in MiB.
-    #[arg(long, env = "AIRLOCK_COMPILE_MEMORY_MIB", default_value_t = 2048)]
-    compile_memory_mib: u64,
-    /// Bearer token of the repository API. Default: read from (or generated
-    /// into) <data-dir>/admin-token.
-    #[arg(long, env = "AIRLOCK_ADMIN_TOKEN", hide_env_values = true)]
-    admin_token: Option<String>,
+    #[command(flatten)]
+    host: airlock::settings::HostArgs,
 }
 
 fn parse_model(s: &str) -> Result<(String, PathBuf), String> {
@@ -422,29 +373,9 @@ fn models(remote: Remote) -> anyhow::Result<()> {
 
 #[tokio::main]
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
-    let mut config = airlock::HostConfig::new(&args.data_dir);
-    config.store_url = args.store.clone();
-    config.limits.memory_bytes = args.memory_mib << 20;
-    config.limits.deadline = Duration::from_millis(args.deadline_ms);
-    config.max_body_bytes = args.max_body_bytes;
-    config.max_upload_bytes = args.max_upload_bytes;
-    if let Some(mib) = args.request_memory_mib {
-        config.request_memory_bytes = mib << 20;
-    }
-    if let Some(mib) = args.guest_memory_mib {
-        config.engine.guest_memory_bytes = mib << 20;
-    }
-    config.trusted_keys = airlock::signing::TrustedKeys::from_files(&args.trusted_keys)?;
-    config.require_signatures = args.require_signatures;
-    // From the environment only: a key on the command line shows in `ps`.
-    config.artifact_key = airlock::artifacts::ArtifactKey::from_env()?;
-    config.compiler = airlock::compile::Compiler::current_exe(airlock::compile::CompileBudget {
-        time: Duration::from_secs(args.compile_timeout_secs),
-        memory_bytes: args.compile_memory_mib << 20,
-        ..Default::default()
-    })?;
+    let mut config = args.host.to_config(&args.data_dir)?;
     let token_path = args.data_dir.join("admin-token");
-    let token_created = match args.admin_token.clone() {
+    let token_created = match args.host.admin_token.clone() {
         Some(token) => {
             config.admin_token = Some(token);
             None
@@ -455,11 +386,6 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             Some(created)
         }
     };
-    anyhow::ensure!(
-        config.limits.memory_bytes <= config.engine.max_memory_bytes,
-        "--memory-mib is over the engine's slot size of {} MiB",
-        config.engine.max_memory_bytes >> 20
-    );
     let host = airlock::Host::new(config)?;
 
     let examples: Vec<(String, PathBuf)> = if args.no_examples {
@@ -537,10 +463,10 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         println!("serving model {name}: POST https://{addr}/v2/models/{name}/infer");
     }
 
-    if args.store.is_some() {
+    if args.host.store.is_some() {
         // Other servers (or Lambda instances) write to the same store.
         let host = host.clone();
-        let every = Duration::from_secs(args.refresh_secs.max(1));
+        let every = args.host.refresh_every().max(Duration::from_secs(1));
         tokio::spawn(async move {
             let mut ticks = tokio::time::interval(every);
             ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

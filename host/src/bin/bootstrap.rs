@@ -15,50 +15,16 @@ use clap::Parser;
 #[derive(Parser)]
 #[command(name = "bootstrap", version, about = "Airlock on AWS Lambda")]
 struct Config {
-    /// Model store: s3://BUCKET/PREFIX (set by `infra deploy`), or unset
-    /// for a directory under /tmp (lost with the instance; for trying out).
-    #[arg(long, env = "AIRLOCK_STORE")]
-    store: Option<String>,
-    /// Look for model changes in the store at most this often, in seconds
-    /// (0: on every request).
-    #[arg(long, env = "AIRLOCK_REFRESH_SECS", default_value_t = 5)]
-    refresh_secs: u64,
     /// Local data directory: the store when AIRLOCK_STORE is unset, and
     /// the compiled artifacts (the only writable place on Lambda is /tmp).
     #[arg(long, env = "AIRLOCK_DATA_DIR", default_value = "/tmp/airlock")]
     data_dir: PathBuf,
-    /// Bearer token for the repository API, for callers that do not come
-    /// through an IAM-authorised API Gateway route (e.g. an emulator).
-    #[arg(long, env = "AIRLOCK_ADMIN_TOKEN", hide_env_values = true)]
-    admin_token: Option<String>,
-    /// Memory cap per request, in MiB.
-    #[arg(long, env = "AIRLOCK_MEMORY_MIB", default_value_t = 256)]
-    memory_mib: usize,
-    /// Deadline per request, in milliseconds.
-    #[arg(long, env = "AIRLOCK_DEADLINE_MS", default_value_t = 2000)]
-    deadline_ms: u64,
-    /// Largest model upload (direct or presigned), in bytes.
-    #[arg(long, env = "AIRLOCK_MAX_UPLOAD_BYTES", default_value_t = 64 << 20)]
-    max_upload_bytes: usize,
-    /// Wall-clock budget of one compilation (uploads and models whose
-    /// artifact is missing), in seconds.
-    #[arg(long, env = "AIRLOCK_COMPILE_TIMEOUT_SECS", default_value_t = 120)]
-    compile_timeout_secs: u64,
-    /// Memory budget of one compilation, in MiB.
-    #[arg(long, env = "AIRLOCK_COMPILE_MEMORY_MIB", default_value_t = 2048)]
-    compile_memory_mib: u64,
     /// Sandbox slots. A Lambda instance serves one event at a time, so a
     /// few suffice, and a smaller pool is quicker to set up.
     #[arg(long, env = "AIRLOCK_MAX_INSTANCES", default_value_t = 16)]
     max_instances: u32,
-    /// Request bodies and parsed tensors of all requests together, in MiB.
-    /// Default: a quarter of the function's memory.
-    #[arg(long, env = "AIRLOCK_REQUEST_MEMORY_MIB")]
-    request_memory_mib: Option<usize>,
-    /// Linear memory of all live guests together, in MiB. Default: half
-    /// the function's memory.
-    #[arg(long, env = "AIRLOCK_GUEST_MEMORY_MIB")]
-    guest_memory_mib: Option<usize>,
+    #[command(flatten)]
+    host: airlock::settings::HostArgs,
 }
 
 fn main() -> std::process::ExitCode {
@@ -79,32 +45,9 @@ fn main() -> std::process::ExitCode {
 
 #[tokio::main]
 async fn run(config: Config, started: Instant) -> anyhow::Result<()> {
-    let mut host_config = airlock::HostConfig::new(&config.data_dir);
-    host_config.store_url = config.store.clone();
+    let mut host_config = config.host.to_config(&config.data_dir)?;
     host_config.artifacts_dir = Some(config.data_dir.join("artifacts"));
-    host_config.admin_token = config.admin_token;
-    host_config.limits.memory_bytes = config.memory_mib << 20;
-    host_config.limits.deadline = Duration::from_millis(config.deadline_ms);
-    host_config.max_upload_bytes = config.max_upload_bytes;
     host_config.engine.max_instances = config.max_instances;
-    if let Some(mib) = config.request_memory_mib {
-        host_config.request_memory_bytes = mib << 20;
-    }
-    if let Some(mib) = config.guest_memory_mib {
-        host_config.engine.guest_memory_bytes = mib << 20;
-    }
-    host_config.artifact_key = airlock::artifacts::ArtifactKey::from_env()?;
-    host_config.compiler =
-        airlock::compile::Compiler::current_exe(airlock::compile::CompileBudget {
-            time: Duration::from_secs(config.compile_timeout_secs),
-            memory_bytes: config.compile_memory_mib << 20,
-            ..Default::default()
-        })?;
-    anyhow::ensure!(
-        host_config.limits.memory_bytes <= host_config.engine.max_memory_bytes,
-        "AIRLOCK_MEMORY_MIB is over the engine's slot size of {} MiB",
-        host_config.engine.max_memory_bytes >> 20
-    );
 
     let host = tokio::task::spawn_blocking(move || -> anyhow::Result<airlock::Host> {
         let (host, opened) = airlock::Host::open(host_config)?;
@@ -126,7 +69,7 @@ async fn run(config: Config, started: Instant) -> anyhow::Result<()> {
         "initialised"
     );
 
-    let every = Duration::from_secs(config.refresh_secs);
+    let every = config.host.refresh_every();
     let service = airlock::lambda::LambdaService::new(host, Some(every));
     lambda_http::run(service)
         .await

@@ -218,7 +218,7 @@ pub fn authorize(model: &LoadedModel, credentials: Option<&str>) -> Result<(), I
     let hashed = crate::manifest::hash_key(presented);
     let mut matched = false;
     for key in allowed {
-        matched |= crate::http::auth::digests_match(key.as_bytes(), hashed.as_bytes());
+        matched |= crate::digest::digests_match(key.as_bytes(), hashed.as_bytes());
     }
     if matched {
         Ok(())

@@ -7,7 +7,6 @@
 use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, header};
-use sha2::{Digest as _, Sha256};
 
 use super::{ApiError, AppState};
 
@@ -69,22 +68,6 @@ pub fn api_key(headers: &HeaderMap) -> Option<&str> {
     })
 }
 
-/// Compares two secrets in time that depends on neither: both are hashed
-/// to fixed-length digests, which are compared without an early exit.
-pub fn secrets_match(presented: &[u8], expected: &[u8]) -> bool {
-    digests_match(&Sha256::digest(presented), &Sha256::digest(expected))
-}
-
-/// Compares two equal-length digests without an early exit. Digests of
-/// different lengths never match.
-pub fn digests_match(a: &[u8], b: &[u8]) -> bool {
-    if a.len() != b.len() {
-        return false;
-    }
-    let diff = a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y));
-    std::hint::black_box(diff) == 0
-}
-
 /// A request extension set by the Lambda adapter when API Gateway has
 /// authorised the caller with IAM (SigV4) for the route: the repository API
 /// then needs no bearer token. Only code in the process can set it.
@@ -115,7 +98,7 @@ impl FromRequestParts<AppState> for Admin {
                 "the repository API needs `Authorization: Bearer <token>`".into(),
             ));
         };
-        if secrets_match(presented.as_bytes(), expected.as_bytes()) {
+        if crate::digest::secrets_match(presented.as_bytes(), expected.as_bytes()) {
             Ok(Admin)
         } else {
             Err(ApiError::Forbidden("wrong admin token".into()))
@@ -171,15 +154,5 @@ mod tests {
             Err(TokenError::BadCharacter)
         );
         assert_eq!(check_token("0123456789abcdef"), Ok(()));
-    }
-
-    #[test]
-    fn secrets_compare_by_value() {
-        assert!(secrets_match(b"same", b"same"));
-        assert!(!secrets_match(b"same", b"other"));
-        assert!(!secrets_match(b"secret", b"secreT"));
-        assert!(!secrets_match(b"secret-and-more", b"secret"));
-        assert!(!secrets_match(b"", b"x"));
-        assert!(!digests_match(b"ab", b"abc"));
     }
 }

@@ -331,8 +331,8 @@ pub fn ensure_admin_token(path: &Path) -> anyhow::Result<(String, bool)> {
         anyhow::ensure!(!token.is_empty(), "{} is empty", path.display());
         return Ok((token, false));
     }
-    let bytes = fsutil::random_bytes::<32>()
-        .context("failed to read random bytes for the admin token")?;
+    let bytes =
+        fsutil::random_bytes::<32>().context("failed to read random bytes for the admin token")?;
     let token = hex::encode(bytes);
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir)?;

@@ -241,31 +241,13 @@ fn digits_v2() -> Vec<u8> {
 /// What `airlock serve` answers for the same request: the same router,
 /// in process, over the filesystem store.
 fn served_locally(request: &Value) -> Value {
-    use tower::ServiceExt as _;
     let data = tempfile::tempdir().unwrap();
     let mut config = airlock::HostConfig::new(data.path());
     config.admin_token = Some(TOKEN.into());
     let host = airlock::Host::new(config).unwrap();
     host.load_file("digits", Path::new(airlock_artifacts::DIGITS))
         .unwrap();
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()
-        .unwrap();
-    runtime.block_on(async {
-        let request = axum::http::Request::post("/v2/models/digits/infer")
-            .header("content-type", "application/json")
-            .body(axum::body::Body::from(request.to_string()))
-            .unwrap();
-        let response = host.router().oneshot(request).await.unwrap();
-        assert_eq!(response.status(), 200);
-        let body = http_body_util::BodyExt::collect(response.into_body())
-            .await
-            .unwrap()
-            .to_bytes();
-        serde_json::from_slice(&body).unwrap()
-    })
+    infer_in_process(&host, request)
 }
 
 #[test]

@@ -223,7 +223,8 @@ async fn metrics(_: Admin, State(state): State<AppState>) -> Response {
 
 /// Runs an inference through the [pipeline](crate::pipeline): the
 /// caller's key is checked on the head, the body is read under the memory
-/// budget, and the rest runs off the async workers, holding the request's
+/// budget, and the rest runs through [`run_blocking`](super::run_blocking)
+/// (tokio hands the worker's other tasks away first), holding the request's
 /// memory reservation until the answer is bytes.
 async fn run_infer(
     state: &AppState,
